@@ -16,6 +16,9 @@ import numpy as np
 
 from sim.errors import TTFSError
 
+# Reading returns int64, so read widths stop at 64 bits; writing takes Python
+# integers of any size, because packed ROM words (P lanes x weight bits) are
+# often hundreds of bits wide.
 MAX_WIDTH = 64
 _HEX_WORD = re.compile(r"[0-9a-fA-F_]+")
 
@@ -24,9 +27,11 @@ class ReadmemhError(TTFSError):
     """A value does not fit its width, or a file is not a valid $readmemh image."""
 
 
-def _check_width(width: int) -> int:
-    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or not 1 <= width <= MAX_WIDTH:
-        raise ReadmemhError(f"width: {width!r} must be an integer in 1..{MAX_WIDTH}")
+def _check_width(width: int, limit: int | None = MAX_WIDTH) -> int:
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1 \
+            or (limit is not None and width > limit):
+        allowed = f"1..{limit}" if limit is not None else ">= 1"
+        raise ReadmemhError(f"width: {width!r} must be an integer in {allowed}")
     return int(width)
 
 
@@ -36,7 +41,7 @@ def value_range(width: int, signed: bool | None) -> tuple[int, int]:
     signed=True: -2**(w-1)..2**(w-1)-1; signed=False: 0..2**w-1;
     signed=None: either reading, -2**(w-1)..2**w-1.
     """
-    width = _check_width(width)
+    width = _check_width(width, limit=None)
     low = 0 if signed is False else -(1 << (width - 1))
     high = (1 << (width - 1)) - 1 if signed else (1 << width) - 1
     return low, high

@@ -1,0 +1,157 @@
+"""The readout layer (contract section 5): integrate, never fire, report logits and class."""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.errors import HardwareError
+from hw.events import bits_for, event_signature
+from hw.layer import Integrator, check_layer, potential_bits
+from hw.rom import LaneGeometry
+from sim.bundle import Layer
+
+
+def result_layout(outputs: int, logit_bits: int) -> data.StructLayout:
+    """Payload of the readout result: the class and every logit."""
+    return data.StructLayout({
+        "cls": bits_for(outputs - 1),
+        "logits": data.ArrayLayout(signed(logit_bits), outputs),
+    })
+
+
+class Readout(wiring.Component):
+    """Readout: the shared ramp integrator, then one result beat per window.
+
+    At the end of a window the potentials hold z = V + Bias (the integrator
+    starts them at the bias); the readout reads them group by group into the
+    result register and keeps a running argmax, so the class is the smallest
+    index of the largest logit (a later lane or group replaces the best only
+    when strictly larger).
+
+    Parameters
+    ----------
+    layer : sim.bundle.Layer
+        The readout layer (``readout`` true); ``ramp_shift`` is ignored.
+    time_steps : int
+        T, a power of two in 2..256.
+    lanes : int
+        P >= 1; min(P, outputs) lanes, G = ceil(outputs / P) groups.
+
+    Ports
+    -----
+    inp : In(event_signature(T, layer.inputs))
+        The last hidden layer's windows.
+    result : Out(stream of StructLayout{"cls", "logits"})
+        One beat per window; logits are ``signed(W)`` with W = the layer's
+        register width from ``sim.golden.potential_bounds`` (:attr:`logit_bits`).
+
+    Latency (cycles): integration takes G per input beat, (E + T) * G per
+    window.  The result is valid G + 3 cycles after the closing tick's last
+    group was issued.  A single potential bank is used: the next window's
+    input is accepted once the G reads are done, and the result register is
+    held until ``result`` is taken (a waiting result stalls the next
+    window's end, not its integration).
+    """
+
+    def __init__(self, layer: Layer, time_steps: int, lanes: int):
+        try:
+            check_layer(layer, time_steps, readout=True)
+            self._geometry = LaneGeometry.of(layer.outputs, lanes)
+        except HardwareError:
+            self._MustUse__silence = True   # a rejected component is not an unused one
+            raise
+        self._layer = layer
+        self._time_steps = int(time_steps)
+        self.logit_bits = potential_bits(layer, time_steps)
+        super().__init__({
+            "inp": In(event_signature(self._time_steps, layer.inputs)),
+            "result": Out(stream.Signature(result_layout(layer.outputs, self.logit_bits))),
+        })
+
+    @property
+    def geometry(self) -> LaneGeometry:
+        """Lanes P and groups G this readout uses."""
+        return self._geometry
+
+    def elaborate(self, platform):
+        m = Module()
+        layer = self._layer
+        lanes, groups = self._geometry.lanes, self._geometry.groups
+        outputs = layer.outputs
+        # Lanes of the last group beyond the last neuron are padding.
+        last_group_lanes = outputs - (groups - 1) * lanes
+
+        m.submodules.integrator = integrator = Integrator(layer, self._time_steps, lanes, banks=1)
+        wiring.connect(m, wiring.flipped(self.inp), integrator.inp)
+
+        result = self.result
+        read_group = Signal(range(groups))
+        read_base = Signal(range(groups * lanes))     # = read_group * P, kept as a counter
+        # Data stage: the group read last cycle is on drain_data.
+        data_valid = Signal()
+        data_base = Signal.like(read_base)
+        data_first = Signal()
+        data_last = Signal()
+
+        read = Signal()
+        m.d.comb += [
+            read.eq(integrator.window_ready & ~result.valid & ~(data_valid & data_last)),
+            integrator.drain_en.eq(1),
+            integrator.drain_group.eq(read_group),
+        ]
+        m.d.sync += [
+            data_valid.eq(read),
+            data_base.eq(read_base),
+            data_first.eq(read_group == 0),
+            data_last.eq(read_group == groups - 1),
+        ]
+        with m.If(read):
+            with m.If(read_group == groups - 1):
+                m.d.sync += [read_group.eq(0), read_base.eq(0)]
+                m.d.comb += integrator.release.eq(1)
+            with m.Else():
+                m.d.sync += [read_group.eq(read_group + 1), read_base.eq(read_base + lanes)]
+
+        # Logits: a shift register of G groups; each group read enters at the
+        # top and moves the earlier ones down, so after G reads group 0 sits
+        # at the bottom and logit n at position n.
+        values = integrator.drain_data
+        group_bits = len(values.as_value())
+        shift = Signal(groups * group_bits)
+        with m.If(data_valid):
+            m.d.sync += shift.eq(Cat(shift[group_bits:], values.as_value()))
+        m.d.comb += result.payload.logits.eq(shift[:outputs * self.logit_bits])
+
+        # Argmax of the group's lanes as a tree (the left side holds the
+        # lower indices and wins ties), then against the running best.
+        def best_of(candidates):
+            if len(candidates) == 1:
+                return candidates[0]
+            middle = len(candidates) // 2
+            (left_value, left_index, left_valid) = best_of(candidates[:middle])
+            (right_value, right_index, right_valid) = best_of(candidates[middle:])
+            take_right = right_valid & (~left_valid | (right_value > left_value))
+            return (Mux(take_right, right_value, left_value),
+                    Mux(take_right, right_index, left_index),
+                    left_valid | right_valid)
+
+        candidates = []
+        for lane in range(lanes):
+            valid = Const(1, 1) if lane < last_group_lanes else ~data_last
+            candidates.append((values[lane], data_base + lane, valid))
+        group_value, group_index, _ = best_of(candidates)
+        best_value = Signal(signed(self.logit_bits))
+        best_index = Signal(range(outputs))
+        take_group = data_first | (group_value > best_value)
+        new_value = Mux(take_group, group_value, best_value)
+        new_index = Mux(take_group, group_index, best_index)
+        with m.If(data_valid):
+            m.d.sync += [best_value.eq(new_value), best_index.eq(new_index)]
+
+        with m.If(result.valid & result.ready):
+            m.d.sync += result.valid.eq(0)
+        with m.If(data_valid & data_last):
+            m.d.sync += [result.valid.eq(1), result.payload.cls.eq(new_index)]
+        return m

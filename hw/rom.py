@@ -1,0 +1,119 @@
+"""Weight and bias ROM contents of a layer, packed P lanes wide.
+
+A layer of N neurons on P lanes is cut into G = ceil(N / P) lane groups;
+group g holds neurons g*P .. g*P + P - 1 (the last group is padded with
+zero weights and zero biases).  One ROM word holds the P values of one group,
+lane 0 in the least significant bits, each value in two's complement:
+
+- weight ROM: word ``j * G + g`` holds W[g*P + lane][j] for every lane, so
+  one read gives everything an input spike j adds to group g's slopes;
+  ``weight_bits`` bits per lane.
+- bias ROM: word ``g`` holds Bias[g*P + lane], ``bias_bits(layer)`` bits per
+  lane.
+
+The same words initialise the ``amaranth.lib.memory.Memory`` ROMs of
+:mod:`hw.layer` and are written as ``$readmemh`` images (formatted by
+``sim.readmemh.format_words``) by :func:`write_rom_images`, so a synthesised
+ROM can be re-initialised from a bundle without regenerating the Verilog.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hw.errors import HardwareError
+from sim.bundle import Layer
+from sim.readmemh import format_words
+
+
+@dataclass(frozen=True)
+class LaneGeometry:
+    """How a layer's neurons map onto lanes: ``lanes`` P used, ``groups`` G."""
+
+    lanes: int
+    groups: int
+
+    @classmethod
+    def of(cls, outputs: int, lanes: int) -> "LaneGeometry":
+        """Geometry for ``outputs`` neurons on at most ``lanes`` lanes (min(P, N) are used)."""
+        if isinstance(lanes, bool) or not isinstance(lanes, (int, np.integer)):
+            raise HardwareError(f"lanes: expected an integer, got {lanes!r}")
+        if lanes < 1:
+            raise HardwareError(f"lanes: {lanes} is below 1")
+        used = min(int(lanes), outputs)
+        return cls(used, -(-outputs // used))
+
+
+def signed_width(low: int, high: int) -> int:
+    """Smallest two's-complement width holding every integer in low..high (at least 1)."""
+    width = 1
+    while not (-(1 << (width - 1)) <= low and high <= (1 << (width - 1)) - 1):
+        width += 1
+    return width
+
+
+def bias_bits(layer: Layer) -> int:
+    """Signed width of the layer's biases."""
+    bias = np.asarray(layer.bias, dtype=np.int64)
+    return signed_width(int(bias.min()), int(bias.max()))
+
+
+def _pack_rows(values: np.ndarray, width: int) -> list[int]:
+    """Pack each row of an int array (rows, lanes) into one word, lane 0 lowest."""
+    mask = (1 << width) - 1
+    words = []
+    for row in values:
+        word = 0
+        for lane, value in enumerate(row.tolist()):
+            word |= (int(value) & mask) << (lane * width)
+        words.append(word)
+    return words
+
+
+def _grouped(matrix: np.ndarray, geometry: LaneGeometry) -> np.ndarray:
+    """(N, ...) -> (G, P, ...) with zero rows padding the last group."""
+    padded_rows = geometry.groups * geometry.lanes
+    padded = np.zeros((padded_rows,) + matrix.shape[1:], dtype=np.int64)
+    padded[: matrix.shape[0]] = matrix
+    return padded.reshape((geometry.groups, geometry.lanes) + matrix.shape[1:])
+
+
+def pack_weights(layer: Layer, lanes: int) -> list[int]:
+    """Weight ROM words (depth inputs * G): word ``j * G + g`` = group g's weights for input j."""
+    geometry = LaneGeometry.of(layer.outputs, lanes)
+    grouped = _grouped(np.asarray(layer.weight, dtype=np.int64), geometry)  # (G, P, inputs)
+    by_input = grouped.transpose(2, 0, 1).reshape(-1, geometry.lanes)  # (inputs * G, P)
+    return _pack_rows(by_input, layer.weight_bits)
+
+
+def pack_biases(layer: Layer, lanes: int) -> list[int]:
+    """Bias ROM words (depth G): word g = the biases of group g, ``bias_bits(layer)`` per lane."""
+    geometry = LaneGeometry.of(layer.outputs, lanes)
+    grouped = _grouped(np.asarray(layer.bias, dtype=np.int64), geometry)  # (G, P)
+    return _pack_rows(grouped, bias_bits(layer))
+
+
+def write_rom_images(layer: Layer, lanes: int, directory: str | os.PathLike) -> dict[str, Path]:
+    """Write ``<name>.weight.hex`` and ``<name>.bias.hex`` ($readmemh) for a layer.
+
+    Returns {"weight": path, "bias": path}.  Word widths are P * weight_bits
+    and P * bias_bits(layer); the word order is the one described in this
+    module's docstring.
+    """
+    geometry = LaneGeometry.of(layer.outputs, lanes)
+    # Format both images before writing either: a bad width leaves no file behind.
+    texts = {
+        "weight": format_words(pack_weights(layer, lanes), geometry.lanes * layer.weight_bits),
+        "bias": format_words(pack_biases(layer, lanes), geometry.lanes * bias_bits(layer)),
+    }
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for kind, text in texts.items():
+        paths[kind] = directory / f"{layer.name}.{kind}.hex"
+        paths[kind].write_text(text, encoding="ascii")
+    return paths
