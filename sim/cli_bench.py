@@ -26,7 +26,7 @@ from sim.errors import TTFSError
 # Modules exposing ``register_bench(subparsers)``; ``ttfs bench --help`` lists them in this order.
 BENCH_MODULES = [
     "sim.cli_bench",
-
+    "hw.bench_cycles", "hw.bench_resources",
 ]
 
 GOLDEN_SIZES = (784, 340, 10)

@@ -19,6 +19,7 @@ from sim.errors import TTFSError
 COMMAND_MODULES = (
     "sim.cli_golden",
     "sim.cli_bench",
+    "hw.cli_hw",
 )
 
 DESCRIPTION = """\

@@ -1,0 +1,204 @@
+"""NetworkCore: the whole network of a bundle as one streaming circuit.
+
+```
+pixels -> InputEncoder -> [tap 0] -> LayerEngine 1 -> [tap 1] -> ... -> Readout -> result
+                             |                          |
+                             +------> TraceMerge <------+                    (trace=True)
+                                          |
+                                          +--> trace
+```
+
+Every block talks the event protocol of :mod:`hw.events` over
+``amaranth.lib.stream`` handshakes, so the layers overlap by construction:
+layer n+1 integrates layer n's window while layer n fires it, and the encoder
+takes the next image in while the previous one's window leaves.
+
+``result`` carries the class, the logits and ``cycles``: the number of clock
+cycles from the cycle the image's first pixel beat was accepted to the first
+cycle its result beat is valid.  A FIFO of start times follows the images in
+flight (they leave in order); when it is full the input waits.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+
+from hw.encoder import InputEncoder, beats_per_image, pixel_signature
+from hw.errors import HardwareError
+from hw.events import bits_for
+from hw.layer import LayerEngine
+from hw.readout import Readout
+from hw.trace import TraceMerge, TraceTap, trace_layout
+from sim.bundle import validate
+from sim.golden import potential_bounds
+
+CYCLE_BITS = 32
+
+
+def result_layout(bundle) -> data.StructLayout:
+    """Payload of the result stream: class, logits (readout register width), cycles."""
+    outputs = bundle.readout.outputs
+    logit_bits = potential_bounds(bundle)[-1].bits
+    return data.StructLayout({
+        "cls": bits_for(outputs - 1),
+        "logits": data.ArrayLayout(signed(logit_bits), outputs),
+        "cycles": unsigned(CYCLE_BITS),
+    })
+
+
+def spiking_widths(bundle) -> list[int]:
+    """Widths of the spiking layers: the encoder (layer 0), then every hidden layer."""
+    return [bundle.input_size] + [layer.outputs for layer in bundle.hidden_layers]
+
+
+def network_trace_layout(bundle) -> data.StructLayout:
+    """Payload of the trace stream of a core built from ``bundle``."""
+    widths = spiking_widths(bundle)
+    return trace_layout(bundle.time_steps, len(widths), max(widths))
+
+
+class NetworkCore(wiring.Component):
+    """Encoder, hidden LayerEngines and Readout of a bundle, chained by event streams.
+
+    Parameters
+    ----------
+    bundle : sim.bundle.Bundle
+        Any bundle the contract allows.
+    lanes : int
+        P: each layer integrates ``min(P, outputs)`` neurons in parallel.
+    pixels_per_beat : int
+        K pixels per input beat.
+    trace : bool
+        With a ``trace`` port that copies every spiking layer's window (a
+        stalled trace stalls the core); without it nothing can stall there.
+
+    Ports
+    -----
+    pixels : In(stream of ArrayLayout(8, K))
+        Images in contract order, ``ceil(C*H*W / K)`` beats each.
+    result : Out(stream of ``result_layout(bundle)``)
+        One beat per image, in image order.
+    trace : Out(stream of ``network_trace_layout(bundle)``), when ``trace``
+        Layer windows tagged with the layer (0 = encoder); within one layer
+        the canonical order, layers interleaved.
+    """
+
+    def __init__(self, bundle, lanes: int, pixels_per_beat: int = 1, trace: bool = True):
+        try:
+            self._configure(bundle, lanes, pixels_per_beat, trace)
+        except HardwareError:
+            # Never built: keep amaranth from warning that it was never elaborated.
+            self._MustUse__used = True
+            raise
+        members = {
+            "pixels": In(pixel_signature(pixels_per_beat)),
+            "result": Out(stream.Signature(result_layout(bundle))),
+        }
+        if trace:
+            members["trace"] = Out(stream.Signature(network_trace_layout(bundle)))
+        super().__init__(members)
+
+    def _configure(self, bundle, lanes, pixels_per_beat, trace):
+        """Check the parameters and build the blocks (each checks its own)."""
+        validate(bundle)
+        if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
+            raise HardwareError(f"lanes: {lanes!r} is not an integer >= 1")
+        self.bundle = bundle
+        self.lanes = lanes
+        self.pixels_per_beat = pixels_per_beat
+        self.has_trace = bool(trace)
+        self.encoder = InputEncoder(bundle, pixels_per_beat)
+        self.engines = [LayerEngine(layer, bundle.time_steps, lanes)
+                        for layer in bundle.hidden_layers]
+        self.readout = Readout(bundle.readout, bundle.time_steps, lanes)
+        # Images that can be between the first pixel beat and the result: two
+        # in the encoder, up to two per layer (one integrating, one firing),
+        # one in the result register.
+        self.images_in_flight = 3 + 2 * len(bundle.layers)
+
+    def elaborate(self, platform):
+        m = Module()
+        bundle = self.bundle
+        m.submodules.encoder = self.encoder
+        for index, engine in enumerate(self.engines):
+            m.submodules[f"layer{index + 1}"] = engine
+        m.submodules.readout = self.readout
+
+        # ---- Event chain, with a trace tap after every spiking layer.
+        producers = [self.encoder.events] + [engine.out for engine in self.engines]
+        consumers = [engine.inp for engine in self.engines] + [self.readout.inp]
+        taps = []
+        for index, (producer, consumer) in enumerate(zip(producers, consumers)):
+            if self.has_trace:
+                width = spiking_widths(bundle)[index]
+                tap = TraceTap(bundle.time_steps, width)
+                m.submodules[f"tap{index}"] = tap
+                wiring.connect(m, producer, tap.inp)
+                wiring.connect(m, tap.out, consumer)
+                taps.append(tap)
+            else:
+                wiring.connect(m, producer, consumer)
+
+        if self.has_trace:
+            widths = spiking_widths(bundle)
+            merge = TraceMerge(bundle.time_steps, len(widths), max(widths))
+            m.submodules.trace_merge = merge
+            for index, tap in enumerate(taps):
+                # The tap's neuron field is as wide as its layer; the merge's
+                # as the widest layer.
+                m.d.comb += [
+                    merge.taps[index].valid.eq(tap.trace.valid),
+                    merge.taps[index].payload.tick.eq(tap.trace.payload.tick),
+                    merge.taps[index].payload.step.eq(tap.trace.payload.step),
+                    merge.taps[index].payload.neuron.eq(tap.trace.payload.neuron),
+                    tap.trace.ready.eq(merge.taps[index].ready),
+                ]
+            wiring.connect(m, merge.trace, wiring.flipped(self.trace))
+
+        # ---- Cycle stamps: a free-running counter, a FIFO of start times.
+        now = Signal(CYCLE_BITS)
+        m.d.sync += now.eq(now + 1)
+        starts = SyncFIFO(width=CYCLE_BITS, depth=self.images_in_flight)
+        m.submodules.starts = starts
+
+        beats = beats_per_image(bundle.input_size, self.pixels_per_beat)
+        beat = Signal(range(beats))
+        first_beat = Signal()
+        input_open = Signal()
+        m.d.comb += [
+            first_beat.eq(beat == 0),
+            # A new image starts only when its start time can be recorded.
+            input_open.eq(~first_beat | starts.w_rdy),
+            self.encoder.pixels.payload.eq(self.pixels.payload),
+            self.encoder.pixels.valid.eq(self.pixels.valid & input_open),
+            self.pixels.ready.eq(self.encoder.pixels.ready & input_open),
+            starts.w_data.eq(now),
+            starts.w_en.eq(self.pixels.valid & self.pixels.ready & first_beat),
+        ]
+        with m.If(self.pixels.valid & self.pixels.ready):
+            with m.If(beat == beats - 1):
+                m.d.sync += beat.eq(0)
+            with m.Else():
+                m.d.sync += beat.eq(beat + 1)
+
+        # ---- Result register: class and logits from the readout, plus cycles.
+        take = Signal()
+        m.d.comb += [
+            take.eq(self.readout.result.valid & (~self.result.valid | self.result.ready)),
+            self.readout.result.ready.eq(take),
+            starts.r_en.eq(take),
+        ]
+        with m.If(self.result.ready):
+            m.d.sync += self.result.valid.eq(0)
+        with m.If(take):
+            m.d.sync += [
+                self.result.valid.eq(1),
+                self.result.payload.cls.eq(self.readout.result.payload.cls),
+                self.result.payload.logits.eq(self.readout.result.payload.logits),
+                # Valid from the next cycle on: one more than the cycles so far.
+                self.result.payload.cycles.eq(now + 1 - starts.r_data),
+            ]
+        return m
