@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-slow bench clean
+.PHONY: help venv test test-slow bench fixtures clean
 
 help: ## list the targets
 	@echo "ttfs-toolkit make targets:"
@@ -30,8 +30,12 @@ test: $(STAMP) ## run the test suite (what CI runs)
 test-slow: $(STAMP) ## run only the long tests marked slow
 	$(BIN)/python -m pytest -n $(JOBS) -m slow
 
-bench: $(STAMP) ## print the performance figures (golden-model throughput, ...)
+bench: $(STAMP) ## print the performance figures (golden-model throughput, SNN/ReLU epoch time, ...)
 	$(BIN)/ttfs bench golden
+	$(BIN)/ttfs bench epoch
+
+fixtures: $(STAMP) ## retrain and re-export the trained bundle fixtures (byte-identical, about 2 minutes)
+	$(BIN)/python tools/make_fixtures.py --quiet
 
 clean: ## remove build output (keeps the venv)
 	rm -rf build .pytest_cache

@@ -27,6 +27,7 @@ from sim.errors import TTFSError
 BENCH_MODULES = [
     "sim.cli_bench",
     "hw.bench_cycles", "hw.bench_resources",
+    "sw.bench_epoch",
 ]
 
 GOLDEN_SIZES = (784, 340, 10)

@@ -19,6 +19,8 @@ from sim.errors import TTFSError
 COMMAND_MODULES = (
     "sim.cli_golden",
     "sim.cli_bench",
+    "sw.cli_train",
+    "sw.cli_export",
     "hw.cli_hw",
 )
 
