@@ -9,7 +9,15 @@ STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-slow bench fixtures clean
+.PHONY: help venv sim test test-slow bench fixtures clean
+
+# make sim settings (override on the command line: make sim IMAGES=500 SIM=icarus)
+BUNDLE ?= fixtures/bundles/mnist-fc2
+IMAGES ?= 100
+SIM    ?= verilator
+LANES  ?= 16
+INPUT  ?=
+WAVES  ?=
 
 help: ## list the targets
 	@echo "ttfs-toolkit make targets:"
@@ -23,6 +31,10 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 venv: $(STAMP) ## create or update the virtual environment in .venv
+
+sim: $(STAMP) ## check the core spike for spike against the golden model (BUNDLE, IMAGES, SIM, LANES, INPUT, WAVES=1)
+	$(BIN)/ttfs sim --bundle $(BUNDLE) --images $(IMAGES) --sim $(SIM) --lanes $(LANES) \
+	  $(if $(INPUT),--input $(INPUT)) $(if $(WAVES),--waves) --out build/sim
 
 test: $(STAMP) ## run the test suite (what CI runs)
 	$(BIN)/python -m pytest -n $(JOBS) -m "not slow" --junitxml=build/test-results.xml
