@@ -19,8 +19,10 @@ accuracy and latency before and after).
 Architectures: --arch fc (dense, --widths) or --arch vgg (convolutional:
 --layers 16,P,32,P = 3x3 'same' convs and 2x2 max-pools, then --widths dense
 hidden layers, none by default; vgg16-28 and vgg16-32 name the VGG16
-layouts).  --batch-norm before|after (mode relu) trains the ReLU twin with
-batch norm, which the run folds into the spiking network exactly.  The run directory gets config.json (resolved settings),
+layouts, whose dense layers default to 512 512).  --batch-norm before|after (mode relu) trains the ReLU twin with
+batch norm, which the run folds into the spiking network exactly.
+
+The run directory gets config.json (resolved settings),
 checkpoint.pt (state_dict), report.json (accuracies of the network and its
 twin, spikes per neuron, latency, epoch time) and curve.png.
 
@@ -48,6 +50,17 @@ def parse_widths(text: str) -> list[int]:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def positive_int(text: str) -> int:
+    """An integer of at least 1 from one command-line word."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer of at least 1")
+    return value
 
 
 def register(subparsers) -> None:
@@ -116,7 +129,7 @@ def register(subparsers) -> None:
     sweeps.add_argument("--noise", type=float, nargs="+", metavar="SIGMA", help="accuracy against spike-time noise")
     sweeps.add_argument("--time-steps", type=int, nargs="+", metavar="T", help="accuracy against time steps per window")
     sweeps.add_argument("--weight-bits", type=int, nargs="+", metavar="B", help="accuracy against weight bits")
-    sweeps.add_argument("--repeats", type=int, default=3, metavar="N", help="noise draws per sigma (default 3)")
+    sweeps.add_argument("--repeats", type=positive_int, default=3, metavar="N", help="noise draws per sigma (default 3)")
     sweeps.add_argument("--plot", metavar="FILE.png", help="the sweeps' PNG (default RUN/sweep-SPLIT.png)")
     evaluate.set_defaults(func=run_eval)
 
@@ -166,6 +179,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from sw import models, training
     from sw.datasets import load_dataset
 
+    check_sweep_values(args)
     model, config = models.load_run(args.run)
     data_dir = args.data_dir if args.data_dir is not None else config.get("data_dir")
     dataset = load_dataset(config["dataset"], args.split, data_dir)
@@ -202,6 +216,15 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_sweep_values(args: argparse.Namespace) -> None:
+    """Refuse a bad sweep value before any work (FineTuneError names it)."""
+    from sw import finetune
+
+    for kind in ("noise", "time_steps", "weight_bits"):
+        for value in getattr(args, kind) or ():
+            finetune.HardwareSettings(**{kind: value})
+
+
 def run_sweeps(args: argparse.Namespace, model, config: dict, images, labels, report: dict) -> None:
     """The run's accuracy with its own hardware settings, and the sweeps asked for (tables and PNG)."""
     from sw import finetune, training
@@ -212,11 +235,10 @@ def run_sweeps(args: argparse.Namespace, model, config: dict, images, labels, re
         own = finetune.hardware_accuracy(model, images, labels, settings, seed=config["seed"], repeats=args.repeats)
         report[f"hardware_{args.split}_accuracy"] = own["accuracy"]
         print(f"hardware         {100 * own['accuracy']:.2f} % with the run's settings ({settings.describe()})")
-    asked = [(kind, values) for kind, values in (("noise", args.noise), ("time_steps", args.time_steps), ("weight_bits", args.weight_bits)) if values]
+    requested = (("noise", args.noise), ("time_steps", args.time_steps), ("weight_bits", args.weight_bits))
+    asked = [(kind, values) for kind, values in requested if values]
     if not asked:
         return
-    if isinstance(args.repeats, bool) or args.repeats < 1:
-        raise finetune.FineTuneError(f"--repeats: {args.repeats} must be at least 1")
     base = finetune.HardwareSettings(noise=settings.noise, time_steps=settings.time_steps, weight_bits=settings.weight_bits)
     calibration = None
     results = []
@@ -224,8 +246,8 @@ def run_sweeps(args: argparse.Namespace, model, config: dict, images, labels, re
         # Windows the run never shrank are shrunk for time quantisation, as a time-step fine-tuning would.
         quantile = finetune.DEFAULT_TIME_QUANTILE if kind == "time_steps" and settings.window_quantile is None else None
         if quantile is not None and calibration is None:
-            train_set = load_dataset(config["dataset"], "train", args.data_dir if args.data_dir is not None else config.get("data_dir"))
-            calibration, _ = training.to_tensors(train_set, images.dtype)
+            data_dir = args.data_dir if args.data_dir is not None else config.get("data_dir")
+            calibration, _ = training.to_tensors(load_dataset(config["dataset"], "train", data_dir), images.dtype)
         result = finetune.sweep(
             model, images, labels, kind, values, base=base, window_quantile=quantile, calibration_images=calibration,
             seed=config["seed"], repeats=args.repeats,

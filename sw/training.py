@@ -178,7 +178,9 @@ def _check_architecture(config: dict[str, Any], widths_given: bool) -> None:
     if not config["layers"]:
         raise TrainingError('arch vgg needs layers, the conv spec, e.g. "16,P,32,P" (P: 2x2 max-pool)')
     if not widths_given:
-        config["widths"] = []  # the last conv maps feed the readout directly
+        # A named layout brings its dense head; otherwise the last conv maps feed the readout directly.
+        layout = vgg.VGG_LAYOUTS.get(config["layers"])
+        config["widths"] = list(layout[1]) if layout else []
     if config["batch_norm"] is not None and config["mode"] != "relu":
         raise TrainingError(
             "batch_norm: batch norm exists only in the ReLU twin; use mode relu (the run folds it into the TTFS network)"
@@ -197,7 +199,9 @@ def _check_hardware(config: dict[str, Any]) -> None:
     if config["mode"] == "finetune" and not settings.active:
         raise TrainingError("mode finetune needs at least one of noise, time_steps, weight_bits, latency_quantile")
     if config["mode"] != "finetune" and settings.active:
-        raise TrainingError(f"{settings.describe()}: hardware settings are for mode finetune (with init RUN), not {config['mode']}")
+        raise TrainingError(
+            f"{settings.describe()}: hardware settings are for mode finetune (with init RUN), not {config['mode']}"
+        )
 
 
 def hardware_settings(config: dict[str, Any]) -> finetune.HardwareSettings:
@@ -374,7 +378,8 @@ def initial_model(config: dict[str, Any], sizes: list[int]) -> nn.Module:
         return snn.to(dtype)
     if config["arch"] == "vgg":
         spec = vgg.spec_from_config(config)
-        return vgg.build_seeded(spec, seed=config["seed"], dtype=dtype, relu=config["mode"] == "relu", window_factor=config["window_factor"])
+        relu = config["mode"] == "relu"
+        return vgg.build_seeded(spec, seed=config["seed"], dtype=dtype, relu=relu, window_factor=config["window_factor"])
     snn = models.build_network(sizes, seed=config["seed"], dtype=dtype, window_factor=config["window_factor"])
     return models.snn_to_relu(snn) if config["mode"] == "relu" else snn
 
@@ -528,7 +533,7 @@ def finetune_report(
         "relu_test_loss": ideal_test["relu_loss"],
         **{key: ideal_test[key] for key in ACTIVITY_KEYS},
         "finetune": {key: value for key, value in tuning.items() if key != "history"},
-        **({"layers": config["layers"], "widths": config["widths"], "batch_norm": config["batch_norm"]} if config["arch"] == "vgg" else {}),
+        **({key: config[key] for key in ("layers", "widths", "batch_norm")} if config["arch"] == "vgg" else {}),
         "epochs": config["epochs"],
         "epoch_seconds": float(np.mean(tuning["epoch_seconds_each"])) if tuning["epoch_seconds_each"] else 0.0,
         "epoch_seconds_each": tuning["epoch_seconds_each"],
