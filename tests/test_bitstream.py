@@ -1,0 +1,119 @@
+"""Board table, resource counting, fit check and real board builds (hw.boards, hw.bitstream)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hw.bitstream import (
+    _utilisation_from_log, build_board, fit_check, nextpnr_counts, xilinx_counts,
+)
+from hw.boards import BOARDS, get_board
+from hw.errors import HardwareError
+from hw.uart import uart_divisor
+from sim.bundle import load_bundle
+from sw import cli
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL_BUNDLE = REPO / "fixtures" / "bundles" / "edge-deep"
+REPORT_FIELDS = {"board", "device", "lut", "ff", "bram", "dsp", "fmax_mhz", "bitstream", "fits"}
+
+
+@pytest.mark.parametrize("name", sorted(BOARDS))
+def test_board_table_matches_the_platforms(name):
+    board = get_board(name)
+    platform = board.platform()
+    assert board.device.lower().startswith(platform.device.lower())
+    assert platform.default_clk_frequency == board.clock_hz
+    uart_divisor(board.clock_hz, board.baud)  # a rate the clock can make within 2 %
+    platform.lookup("uart", 0)
+    for resource, number, *line in board.leds:
+        found = platform.lookup(resource, number)
+        assert not line or line[0] in {sub.name for sub in found.ios}
+    assert all(board.budget[field] > 0 for field in ("lut", "ff", "bram", "dsp"))
+
+
+def test_unknown_board_is_refused():
+    with pytest.raises(HardwareError, match="arty, arty-a7-100, ulx3s, icebreaker"):
+        get_board("de10")
+
+
+def test_fit_check_names_the_overflow_and_the_remedy():
+    budget = {"lut": 100, "ff": 100, "bram": 10, "dsp": 4}
+    fits, message = fit_check({"lut": 50, "ff": 20, "bram": 10, "dsp": 0}, budget)
+    assert fits and "LUT 50%" in message
+    fits, message = fit_check({"lut": 150, "ff": 20, "bram": 12.5, "dsp": 0}, budget)
+    assert not fits
+    assert "LUT 150 > 100 (150%)" in message and "BRAM 12.5 > 10" in message
+    assert "fewer lanes" in message and "weight bits" in message and "smaller network" in message
+
+
+def test_xilinx_counts_from_yosys_stat():
+    stat = {"design": {"num_cells_by_type": {
+        "LUT2": 10, "LUT6": 5, "RAM32M": 2, "SRLC32E": 1, "FDRE": 30, "FDSE": 2, "CARRY4": 9,
+        "RAMB18E1": 3, "RAMB36E1": 1, "DSP48E1": 2, "IBUF": 3}}}
+    assert xilinx_counts(stat) == {"lut": 10 + 5 + 8 + 1, "ff": 32, "bram": 2.5, "dsp": 2}
+
+
+def test_nextpnr_counts_and_log_fallback():
+    report = {"utilization": {"TRELLIS_COMB": {"used": 900, "available": 83640},
+                              "TRELLIS_FF": {"used": 400, "available": 83640},
+                              "DP16KD": {"used": 3, "available": 208},
+                              "MULT18X18D": {"used": 0, "available": 156}},
+              "fmax": {"clk": {"achieved": 131.5, "constraint": 25.0},
+                       "other": {"achieved": 98.25, "constraint": 25.0}}}
+    used, available, fmax = nextpnr_counts(report, "ecp5")
+    assert used == {"lut": 900, "ff": 400, "bram": 3, "dsp": 0}
+    assert available["bram"] == 208 and fmax == 98.25
+    log = ("Info: Device utilisation:\nInfo: \t          ICESTORM_LC:  6000/ 5280   113%\n"
+           "Info: \t         ICESTORM_RAM:    40/   30   133%\nInfo: \t         ICESTORM_DSP:     0/    8 0%\n")
+    assert _utilisation_from_log(log, "ice40") == {"lut": 6000, "ff": 6000, "bram": 40, "dsp": 0}
+    assert _utilisation_from_log("no such lines", "ice40") is None
+
+
+def test_arty_vivado_tree(tmp_path):
+    """The Vivado tree: build script, constraints with the 100 MHz clock and the UART pins."""
+    bundle = load_bundle(SMALL_BUNDLE)
+    report = build_board(get_board("arty"), bundle, str(SMALL_BUNDLE), 3, tmp_path / "arty",
+                         progress=lambda line: None, estimate=False)
+    tree = tmp_path / "arty" / "vivado"
+    assert (tree / "build_ttfs.sh").is_file() and (tree / "ttfs.v").is_file()
+    constraints = (tree / "ttfs.xdc").read_text()
+    assert "create_clock" in constraints and "10.0" in constraints
+    assert "A9" in constraints and "D10" in constraints  # the UART's rx and tx pins
+    assert report["fits"] is None and report["bitstream"] is None
+
+
+@pytest.mark.slow
+def test_arty_tree_and_estimate(tmp_path):
+    """The Vivado tree is written and the yosys estimate of a small bundle fits the Arty (about a minute)."""
+    bundle = load_bundle(SMALL_BUNDLE)
+    report = build_board(get_board("arty"), bundle, str(SMALL_BUNDLE), 3, tmp_path / "arty",
+                         progress=lambda line: None)
+    tree = tmp_path / "arty" / "vivado"
+    assert (tree / "build_ttfs.sh").is_file() and (tree / "ttfs.xdc").is_file()
+    assert "create_clock" in (tree / "ttfs.xdc").read_text()
+    saved = json.loads((tmp_path / "arty" / "report.json").read_text())
+    assert saved == report and REPORT_FIELDS <= set(saved)
+    assert saved["fits"] is True and saved["lut"] > 100 and saved["ff"] > 100
+    assert saved["fmax_mhz"] is None
+    assert saved["bitstream"] is None or saved["bitstream"].endswith(".bit")
+    assert "Vivado" in saved["vivado"]
+
+
+def test_ulx3s_bitstream_for_a_small_bundle(tmp_path):
+    """A real ECP5 bitstream through the CLI, with post-route Fmax and utilisation.
+
+    About 40 s with the yowasp tools compiled, up to two minutes on a fresh
+    machine (yowasp compiles nextpnr-ecp5 on its first run).
+    """
+    status = cli.main(["bitstream", "ulx3s", "--bundle", str(SMALL_BUNDLE), "--lanes", "3",
+                       "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "ulx3s" / "report.json").read_text())
+    assert status == 0 and report["fits"] is True
+    bitstream = Path(report["bitstream"])
+    assert bitstream.is_file() and bitstream.stat().st_size > 100_000
+    assert report["fmax_mhz"] > 25.0  # meets the board's 25 MHz clock
+    assert 0 < report["lut"] < report["budget"]["lut"] and report["ff"] > 0
