@@ -17,6 +17,17 @@ takes the next image in while the previous one's window leaves.
 cycles from the cycle the image's first pixel beat was accepted to the first
 cycle its result beat is valid.  A FIFO of start times follows the images in
 flight (they leave in order); when it is full the input waits.
+
+Reset: ``rst`` may rise at any cycle, in the middle of a frame too; every
+image driven after it is exact.  All control state is registers, and the
+state kept in memories is either rewritten before it is read (potentials,
+list heads and tails, the start-time FIFO behind its reset pointers) or
+cleared: the encoder's list flags are registers, and each integrator's
+first G_n cycles after ``rst`` (and after power-up) are a pass that zeroes
+its slope memory, with its input not ready.  The input is ready in the
+first cycle after ``rst``; the clearing passes overlap the first image's
+input and delay it only where a layer's G_n is longer than its first input
+beat takes to reach it (at least B + 2 cycles for layer 1).
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ G_n = ceil(N_n / P_n) groups; E_0 is the number of input spikes (encoder),
 E_n the spikes of hidden layer n.  A window of E spikes is E + T beats.
 
 Latency of one image crossing an empty core, from the cycle its first pixel
-beat is accepted to the first cycle its result is valid::
+beat is accepted to the first cycle its result is valid (the core out of
+reset for at least max_n G_n cycles: each integrator clears its slopes in
+its first G_n cycles after reset, see :class:`hw.layer.Integrator`)::
 
     B        = ceil(C*H*W / K)                       input beats
     W_0      = E_0 + T                               encoder window (1 beat/cycle)

@@ -22,8 +22,13 @@ in (the 1 loads step 0).
 
 The lists are double-buffered: while buffer A is emitted, the next image
 streams into buffer B.  Loading step ``s`` of a buffer clears that step's
-valid flags, so a buffer is empty again when its window has left; nothing
-needs a separate clearing pass.
+valid flags, so a buffer is empty again when its window has left.
+
+Reset: the valid flags (2 x K x T bits) are registers, so ``rst`` empties
+every list at once, even in the middle of a frame; heads, tails and
+next-pointers stay in memories, which ``rst`` does not touch, but they are
+only read behind a set valid flag.  The encoder therefore needs no clearing
+pass and accepts pixels in the first cycle after ``rst`` falls.
 """
 
 from __future__ import annotations
@@ -125,14 +130,16 @@ class InputEncoder(wiring.Component):
         m.submodules.lut_rom = lut_rom
 
         # ---- List buffers: per buffer and lane, a valid flag, head and tail per
-        # step and a next-pointer per beat.
+        # step and a next-pointer per beat.  The valid flags are registers, not
+        # a memory: `rst` must empty the lists (a memory keeps its contents),
+        # and everything else is only read behind a set flag.
         def list_memory(name, shape, depth):
             mem = Memory(shape=shape, depth=depth, init=[])
             m.submodules[name] = mem
             return mem
 
         lists = [[{
-            "valid": list_memory(f"valid_{buf}_{k}", 1, T),
+            "valid": Signal(T, name=f"valid_{buf}_{k}"),
             "head": list_memory(f"head_{buf}_{k}", beat_width, T),
             "tail": list_memory(f"tail_{buf}_{k}", beat_width, T),
             "next": list_memory(f"next_{buf}_{k}", beat_width, self.beats),
@@ -233,52 +240,41 @@ class InputEncoder(wiring.Component):
             emit_here = emit_buf == buf
             for k in range(K):
                 mems = lists[buf][k]
-                valid_fill = mems["valid"].read_port(domain="comb")
+                valid_fill = mems["valid"].bit_select(lane_step[k], 1)
                 tail_fill = mems["tail"].read_port(domain="comb")
-                valid_emit = mems["valid"].read_port(domain="comb")
+                valid_emit = mems["valid"].bit_select(load_step, 1)
                 head_emit = mems["head"].read_port(domain="comb")
                 tail_emit = mems["tail"].read_port(domain="comb")
                 next_emit = mems["next"].read_port(domain="comb")
-                valid_write = mems["valid"].write_port()
                 head_write = mems["head"].write_port()
                 tail_write = mems["tail"].write_port()
                 next_write = mems["next"].write_port()
 
                 append = lane_spike[k] & fill_here
                 m.d.comb += [
-                    valid_fill.addr.eq(lane_step[k]),
                     tail_fill.addr.eq(lane_step[k]),
                     # Appending: link the old tail to this beat, or start the list.
                     next_write.addr.eq(tail_fill.data),
                     next_write.data.eq(append_beat),
-                    next_write.en.eq(append & valid_fill.data),
+                    next_write.en.eq(append & valid_fill),
                     head_write.addr.eq(lane_step[k]),
                     head_write.data.eq(append_beat),
-                    head_write.en.eq(append & ~valid_fill.data),
+                    head_write.en.eq(append & ~valid_fill),
                     tail_write.addr.eq(lane_step[k]),
                     tail_write.data.eq(append_beat),
                     tail_write.en.eq(append),
                     # Emitting: read a step's list and clear it for the next image.
-                    valid_emit.addr.eq(load_step),
                     head_emit.addr.eq(load_step),
                     tail_emit.addr.eq(load_step),
                     next_emit.addr.eq(current[k]),
                 ]
                 with m.If(append):
-                    m.d.comb += [
-                        valid_write.addr.eq(lane_step[k]),
-                        valid_write.data.eq(1),
-                        valid_write.en.eq(1),
-                    ]
+                    m.d.sync += mems["valid"].bit_select(lane_step[k], 1).eq(1)
                 with m.Elif(load & emit_here):
-                    m.d.comb += [
-                        valid_write.addr.eq(load_step),
-                        valid_write.data.eq(0),
-                        valid_write.en.eq(1),
-                    ]
+                    m.d.sync += mems["valid"].bit_select(load_step, 1).eq(0)
                 with m.If(load & emit_here):
                     m.d.sync += [
-                        active[k].eq(valid_emit.data),
+                        active[k].eq(valid_emit),
                         current[k].eq(head_emit.data),
                         last[k].eq(tail_emit.data),
                     ]

@@ -138,12 +138,20 @@ class Integrator(wiring.Component):
         1 or 2 potential banks.  With 2, a new window integrates into one
         bank while the owner drains the other (double buffering).
 
+    Reset: the slopes live in a memory, which ``rst`` leaves as it was (a
+    reset in the middle of a window leaves partial sums there), so the
+    reset state is a clearing pass that writes zeros to the G slope rows,
+    one per cycle; ``inp.ready`` stays low for those G cycles after ``rst``
+    falls (and after power-up).  The potentials need no pass: the step-0
+    tick overwrites every one of them.  Everything else is registers.
+
     Ports
     -----
     inp : In(event_signature(T, inputs))
         Windows of input events.  Each beat (spike or tick) takes G cycles;
         ``ready`` is low while a beat's groups are issued, for one cycle
-        when a window closes, and while no free bank is left.
+        when a window closes, while no free bank is left, and during the
+        G-cycle clearing pass after reset.
     window_ready : Out(1)
         A closed window waits in the drain bank (from 2 cycles after the
         closing tick's last group was issued).
@@ -235,8 +243,16 @@ class Integrator(wiring.Component):
         window_closing = Signal()
         m.d.comb += window_closing.eq(write_valid & write_closes)
 
+        # Clearing pass, the reset state: the slopes are a memory, which `rst`
+        # does not clear, and a reset in the middle of a window leaves partial
+        # sums there.  Zeros go to one group per cycle (G cycles) before the
+        # first beat is taken.  Nothing else needs it: the step-0 tick
+        # overwrites every potential, and the bank flags are registers.
+        clearing = Signal(init=1)
+        clear_group = Signal(range(groups))
+
         inp = self.inp
-        m.d.comb += inp.ready.eq(~busy & ~full.bit_select(integrate_bank, 1) & ~window_closing)
+        m.d.comb += inp.ready.eq(~clearing & ~busy & ~full.bit_select(integrate_bank, 1) & ~window_closing)
         with m.If(busy):
             m.d.comb += [
                 issue.eq(1),
@@ -303,6 +319,14 @@ class Integrator(wiring.Component):
             m.d.comb += slope_wr.en.eq(1)
             for lane in range(lanes):
                 m.d.comb += slope_wr.data[lane].eq(slope_rd.data[lane] + weight_row[lane])
+        # No beat is issued while clearing (inp.ready is low), so the slope
+        # write port is free.
+        with m.If(clearing):
+            m.d.comb += [slope_wr.addr.eq(clear_group), slope_wr.en.eq(1)]   # data zero
+            with m.If(clear_group == groups - 1):
+                m.d.sync += clearing.eq(0)
+            with m.Else():
+                m.d.sync += clear_group.eq(clear_group + 1)
 
         for bank in range(banks):
             with m.If(window_closing & (write_bank == bank)):
@@ -385,6 +409,10 @@ class LayerEngine(wiring.Component):
       previous one fires; ``inp`` stalls only when a third window would
       close before the first has finished firing.  When ``out`` is not
       ready the engine waits; nothing is lost.
+    - After reset (and power-up) ``inp.ready`` is low for G cycles while
+      the integrator clears its slopes; the bank flags and the firing
+      sequencer are registers and reset at once, so a window cut short by
+      ``rst`` leaves nothing behind.
 
     Storage
     -------

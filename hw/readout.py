@@ -53,6 +53,11 @@ class Readout(wiring.Component):
     input is accepted once the G reads are done, and the result register is
     held until ``result`` is taken (a waiting result stalls the next
     window's end, not its integration).
+
+    Reset: ``inp.ready`` is low for G cycles after ``rst`` falls (and after
+    power-up) while the integrator clears its slope memory; the result
+    register, the argmax and the read sequencer are registers and reset at
+    once, so a window cut short by ``rst`` leaves nothing behind.
     """
 
     def __init__(self, layer: Layer, time_steps: int, lanes: int):

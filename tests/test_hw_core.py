@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from amaranth import Module
+from amaranth import ClockDomain, Module
 from amaranth.sim import Simulator
 
-from hw.bench_cycles import simulate_core
+from hw.bench_cycles import CoreRun, image_beats, simulate_core
 from hw.core import NetworkCore
 from hw.errors import HardwareError
 from hw.trace import TraceMerge, TraceTap
@@ -73,6 +73,122 @@ def test_core_edge_fixtures(name):
         for index in range(len(images)):
             expected = trace_from_activations(layer_activations[index], bundle.time_steps)
             assert run.traces[layer][index].tolist() == expected.tolist(), f"image {index}, layer {layer}"
+
+
+RESET_CYCLES = 3
+
+
+def split_trace(beats, time_steps):
+    """One layer's trace beats (tick, step, neuron) -> one (K, 2) array per closed window."""
+    windows, spikes, open_step = [], [], 0
+    for tick, step, neuron in beats:
+        assert step == open_step, f"a beat of step {step} while step {open_step} is open"
+        if not tick:
+            spikes.append((step, neuron))
+        elif step == time_steps - 1:
+            windows.append(np.array(spikes, dtype=np.int64).reshape(-1, 2))
+            spikes, open_step = [], 0
+        else:
+            open_step += 1
+    return windows
+
+
+def simulate_core_with_reset(core, before, images, rng, gap=0.2, stall=0.2, trace_stall=0.2):
+    """Drive ``before`` (two images) until the trace shows half of the first image's layer-0
+    window, hold ``rst`` for RESET_CYCLES, then drive ``images``; returns a CoreRun of
+    what came out after the reset (the trace windows and results before it are discarded)
+    and the layer-0 ticks seen when ``rst`` rose."""
+    bundle = core.bundle
+    steps = bundle.time_steps
+    m = Module()
+    m.domains.sync = domain = ClockDomain()
+    m.submodules.core = core
+    layers = 1 + len(bundle.hidden_layers)
+    beats_before = image_beats(bundle, before, core.pixels_per_beat)
+    beats_after = image_beats(bundle, images, core.pixels_per_beat)
+    results, trace_beats = [], [[] for _ in range(layers)]
+    ticks_at_reset = []
+    limit = 200_000
+
+    async def testbench(ctx):
+        cycle = 0
+
+        async def one_cycle(beats, sent, offering):
+            """Offer the next pixel beat (kept until taken), take results and trace beats
+            under back-pressure; returns (sent, offering)."""
+            nonlocal cycle
+            assert cycle < limit, f"{len(results)} results after {cycle} cycles"
+            offer = sent < len(beats) and (offering or rng.random() >= gap)
+            if offer:
+                ctx.set(core.pixels.payload, beats[sent])
+            ctx.set(core.pixels.valid, offer)
+            result_ready = rng.random() >= stall
+            trace_ready = rng.random() >= trace_stall
+            ctx.set(core.result.ready, result_ready)
+            ctx.set(core.trace.ready, trace_ready)
+            if result_ready and ctx.get(core.result.valid):
+                beat = ctx.get(core.result.payload)
+                results.append((int(beat.cls), [int(v) for v in beat.logits], int(beat.cycles)))
+            if trace_ready and ctx.get(core.trace.valid):
+                beat = ctx.get(core.trace.payload)
+                trace_beats[int(beat.layer)].append((int(beat.tick), int(beat.step), int(beat.neuron)))
+            taken = offer and ctx.get(core.pixels.ready)
+            await ctx.tick()
+            cycle += 1
+            return sent + taken, offer and not taken
+
+        sent, offering = 0, False
+        while sum(tick for tick, _, _ in trace_beats[0]) < steps // 2:
+            sent, offering = await one_cycle(beats_before, sent, offering)
+        ticks_at_reset.append(sum(tick for tick, _, _ in trace_beats[0]))
+        ctx.set(core.pixels.valid, 0)
+        ctx.set(domain.rst, 1)
+        for _ in range(RESET_CYCLES):
+            await ctx.tick()
+        ctx.set(domain.rst, 0)
+        results.clear()
+        for beats in trace_beats:
+            beats.clear()
+        sent, offering = 0, False
+        while len(results) < len(images) or \
+                any(len(split_trace(beats, steps)) < len(images) for beats in trace_beats):
+            sent, offering = await one_cycle(beats_after, sent, offering)
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    run = CoreRun(
+        logits=np.array([logits for _, logits, _ in results], dtype=np.int64),
+        classes=np.array([cls for cls, _, _ in results], dtype=np.int64),
+        cycles=np.array([cycles for _, _, cycles in results], dtype=np.int64),
+        traces=[split_trace(beats, steps) for beats in trace_beats],
+        total_cycles=0,
+    )
+    return run, ticks_at_reset[0]
+
+
+@pytest.mark.parametrize("source, lanes", [("random", 2), ("edge-deep", 3), ("edge-deep", 9)])
+def test_core_reset_in_the_middle_of_a_frame(source, lanes):
+    """rst while the encoder has emitted half of the busiest image's window (layer 1 is
+    integrating it) and the next image streams in: every image driven afterwards, the
+    first of them silent, is exact in every layer's trace, the logits and the class."""
+    rng = np.random.default_rng(40 + lanes)
+    if source == "random":
+        bundle = random_bundle(rng, sizes=(10, 8, 6, 3), input_shape=(1, 2, 5), time_steps=8)
+        images = random_images(rng, bundle, 4)
+    else:
+        bundle = load_bundle(FIXTURES / source)
+        with np.load(FIXTURES / source / "vectors.npz", allow_pickle=False) as vectors:
+            images = vectors["images"][:4].copy()
+        images[0] = 0
+    spikes = np.count_nonzero(golden.encode(bundle, images), axis=1)
+    busiest = int(np.argmax(spikes))
+    before = images[[busiest, (busiest + 1) % len(images)]]
+    core = NetworkCore(bundle, lanes, pixels_per_beat=2)
+    run, ticks = simulate_core_with_reset(core, before, images, rng)
+    assert ticks == bundle.time_steps // 2
+    assert_matches_golden(bundle, images, run)
 
 
 def test_core_without_trace_port():

@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from amaranth import ClockDomain, Module
 from amaranth.sim import Simulator
 
 from hw.encoder import InputEncoder, beats_per_image
@@ -145,6 +146,108 @@ def test_encoder_silent_image_is_ticks_only():
     images = np.zeros((2, 3, 2, 2), dtype=np.uint8)
     received, _ = run_encoder(bundle, images, 5, rng, stall=0.3)
     assert received == [(1, s, 0) for s in range(4)] * 2
+
+
+RESET_CYCLES = 3
+
+
+def run_encoder_with_reset(bundle, before, after, pixels_per_beat, rng, gap=0.2, stall=0.2):
+    """Stream ``before`` (two images) until the first image's window is half out and the
+    second image half in; hold ``rst`` for RESET_CYCLES; then stream ``after``.
+
+    Returns the beats emitted after the reset (those before it are discarded;
+    up to 4 beats beyond the expected windows are caught too) and the beats of the second image the encoder had taken when ``rst`` rose.
+    """
+    dut = InputEncoder(bundle, pixels_per_beat)
+    m = Module()
+    m.domains.sync = domain = ClockDomain()
+    m.submodules.dut = dut
+    per_image = beats_per_image(bundle.input_size, pixels_per_beat)
+    # The whole first image and half of the second (at least one beat of it).
+    beats_before = image_beats(bundle, before, pixels_per_beat)[:per_image + max(1, per_image // 2)]
+    beats_after = image_beats(bundle, after, pixels_per_beat)
+    half_step = bundle.time_steps // 2
+    expected_count = len(expected_windows(bundle, after))
+    received = []
+    second_image_beats = []
+    limit = 50 * (len(beats_before) + len(beats_after) + expected_count) + 1000
+
+    async def testbench(ctx):
+        cycle = 0
+
+        async def one_cycle(beats, sent, offering, events_ready):
+            """Offer the next beat (once offered it stays offered until taken), take an
+            event when ``events_ready``; returns (sent, offering, event or None)."""
+            nonlocal cycle
+            offer = sent < len(beats) and (offering or rng.random() >= gap)
+            if offer:
+                ctx.set(dut.pixels.payload, beats[sent])
+            ctx.set(dut.pixels.valid, offer)
+            ctx.set(dut.events.ready, events_ready)
+            event = None
+            if events_ready and ctx.get(dut.events.valid):
+                beat = ctx.get(dut.events.payload)
+                event = (int(beat.tick), int(beat.step), 0 if beat.tick else int(beat.neuron))
+            taken = offer and ctx.get(dut.pixels.ready)
+            await ctx.tick()
+            cycle += 1
+            assert cycle < limit, "encoder stopped making progress"
+            return sent + taken, offer and not taken, event
+
+        # Before: the window waits until the second image is half in, then runs to its middle.
+        sent, offering, ticks = 0, False, 0
+        while ticks < half_step:
+            all_in = sent == len(beats_before)
+            sent, offering, event = await one_cycle(beats_before, sent, offering,
+                                                    all_in and rng.random() >= stall)
+            ticks += event is not None and event[0]
+        second_image_beats.append(sent - per_image)
+        ctx.set(dut.pixels.valid, 0)
+        ctx.set(domain.rst, 1)
+        for _ in range(RESET_CYCLES):
+            await ctx.tick()
+        ctx.set(domain.rst, 0)
+        # After: everything emitted must be the windows of `after`.
+        sent, offering = 0, False
+        while len(received) < expected_count:
+            sent, offering, event = await one_cycle(beats_after, sent, offering, rng.random() >= stall)
+            if event is not None:
+                received.append(event)
+        # Anything more is an extra beat; kept for the caller to report.
+        ctx.set(dut.events.ready, 1)
+        ctx.set(dut.pixels.valid, 0)
+        for _ in range(4):
+            if ctx.get(dut.events.valid):
+                beat = ctx.get(dut.events.payload)
+                received.append((int(beat.tick), int(beat.step), int(beat.neuron)))
+            await ctx.tick()
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    return received, second_image_beats[0]
+
+
+@pytest.mark.parametrize("seed, pixels_per_beat", [(0, 1), (1, 3), (2, 8)])
+def test_encoder_reset_in_the_middle_of_a_window(seed, pixels_per_beat):
+    """rst while the first image's window is half out and the second image half in: both
+    list buffers must be empty afterwards, so a silent image gives ticks only and the
+    images after it exactly the golden windows."""
+    rng = np.random.default_rng(2000 + seed)
+    time_steps = 8
+    bundle = random_bundle(rng, sizes=(24, 3), input_shape=(2, 3, 4), time_steps=time_steps,
+                           lut="default")
+    before = random_images(rng, bundle, 3, zero_fraction=0.0)[1:]
+    after = np.concatenate([np.zeros_like(before[:1]), random_images(rng, bundle, 3)[1:]])
+    # The first image still has spikes in the steps not yet emitted when rst rises
+    # (after step T/2, whose lists are loaded by then), and so does the second image.
+    activations = golden.encode(bundle, before)
+    assert np.any((activations[0] >= 1) & (activations[0] < time_steps // 2))
+    received, second_image_beats = run_encoder_with_reset(bundle, before, after, pixels_per_beat, rng)
+    assert second_image_beats == max(1, beats_per_image(24, pixels_per_beat) // 2)
+    assert received[:time_steps] == [(1, s, 0) for s in range(time_steps)]
+    assert received == expected_windows(bundle, after)
 
 
 @pytest.mark.parametrize("pixels_per_beat, message", [

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
+from amaranth import ClockDomain, Module
 from amaranth.sim import Simulator
 
 from hw.errors import HardwareError
@@ -98,6 +99,78 @@ def simulate(dut, sink, beats, expected_beats, *, seed=0, gap_probability=0.0,
     sim.add_clock(1e-6)
     sim.add_testbench(producer)
     sim.add_testbench(consumer)
+    sim.run()
+    return run
+
+
+RESET_CYCLES = 3
+
+
+@dataclass
+class ResetRun(StreamRun):
+    """A StreamRun after a reset (cycles count from the first cycle with ``rst`` low),
+    plus the first of those cycles in which ``inp.ready`` was high."""
+
+    first_ready: int | None = None
+
+
+def simulate_with_reset(dut, sink, before, reset_after, after, expected_beats, *, seed=0,
+                        gap_probability=0.2, ready_probability=0.6) -> ResetRun:
+    """Drive ``before`` into ``dut.inp`` until ``reset_after`` of its beats are taken, hold
+    ``rst`` for RESET_CYCLES, then drive ``after`` and collect ``expected_beats`` from ``sink``.
+
+    One testbench does both sides, so the reset cuts the producer and the
+    consumer at the same cycle; sink beats before the reset are discarded,
+    and beats in QUIET_CYCLES beyond ``expected_beats`` are collected too
+    (an extra beat then shows in the result).  Input gaps and output
+    back-pressure as in :func:`simulate`; a beat once offered stays offered.
+    """
+    m = Module()
+    m.domains.sync = domain = ClockDomain()
+    m.submodules.dut = dut
+    rng = random.Random(seed)
+    run = ResetRun([], [])
+
+    async def testbench(ctx):
+        cycle = 0
+
+        async def one_cycle(beats, sent, offering, collect, ready_probability):
+            nonlocal cycle
+            assert cycle < MAX_CYCLES, f"only {len(run.received)} of {expected_beats} beats in {cycle} cycles"
+            offer = sent < len(beats) and (offering or rng.random() >= gap_probability)
+            if offer:
+                ctx.set(dut.inp.payload, beats[sent])
+            ctx.set(dut.inp.valid, offer)
+            ready = rng.random() < ready_probability
+            ctx.set(sink.ready, ready)
+            if collect and ready and ctx.get(sink.valid):
+                run.received.append((cycle, ctx.get(sink.payload)))
+            if collect and run.first_ready is None and ctx.get(dut.inp.ready):
+                run.first_ready = cycle
+            taken = offer and ctx.get(dut.inp.ready)
+            if taken and collect:
+                run.accepted_at.append(cycle)
+            await ctx.tick()
+            cycle += 1
+            return sent + taken, offer and not taken
+
+        sent, offering = 0, False
+        while sent < reset_after:
+            sent, offering = await one_cycle(before, sent, offering, False, ready_probability)
+        ctx.set(dut.inp.valid, 0)
+        ctx.set(domain.rst, 1)
+        for _ in range(RESET_CYCLES):
+            await ctx.tick()
+        ctx.set(domain.rst, 0)
+        cycle, sent, offering = 0, 0, False
+        while len(run.received) < expected_beats:
+            sent, offering = await one_cycle(after, sent, offering, True, ready_probability)
+        for _ in range(QUIET_CYCLES):
+            sent, offering = await one_cycle(after, sent, offering, True, 1.0)
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
     sim.run()
     return run
 
@@ -229,6 +302,33 @@ def test_layer_double_buffers_and_loses_nothing_under_back_pressure():
     accepted_during_stall = sum(cycle < stall for cycle in run.accepted_at)
     assert accepted_during_stall == window_sizes[0] + window_sizes[1]
     assert run.received[0][0] == stall
+
+
+@pytest.mark.parametrize("seed, lanes", [(61, 1), (62, 3), (63, 11)])
+def test_layer_reset_in_the_middle_of_a_window(seed, lanes):
+    """rst while the busiest window is half integrated (its slopes hold partial sums)
+    and the window before it may still be firing; the windows driven afterwards must
+    be exact, the first of them from a silent input (so it only sees the biases)."""
+    bundle, result = golden_case(seed, 14, 11, 8, 5, 2)
+    steps = bundle.time_steps
+    inputs = [result.traces(image)[0] for image in range(IMAGES)]
+    busiest = int(np.argmax([len(trace) for trace in inputs]))
+    first = window_beats(inputs[(busiest + 1) % IMAGES], steps)
+    cut = window_beats(inputs[busiest], steps)
+    # Half of the busiest window's beats: several spikes in, the last tick not.
+    half = len(cut) // 2
+    assert sum(1 for beat in cut[:half] if not beat["tick"]) >= 3
+    after = [beat for trace in inputs for beat in window_beats(trace, steps)]
+    assert len(inputs[0]) == 0                     # the first window after the reset is silent
+    expected = [result.traces(image)[1] for image in range(IMAGES)]
+    expected_beats = sum(len(trace) + steps for trace in expected)
+    dut = LayerEngine(bundle.layers[0], steps, lanes)
+    run = simulate_with_reset(dut, dut.out, first + cut, len(first) + half, after, expected_beats,
+                              seed=seed)
+    windows = split_windows(run.received, steps)
+    assert [w.tolist() for w in windows] == [w.tolist() for w in expected]
+    # The slope clearing pass: inp.ready low for exactly G cycles after rst falls.
+    assert run.first_ready == LaneGeometry.of(11, lanes).groups
 
 
 def test_layer_rejects_bad_parameters():

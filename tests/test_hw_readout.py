@@ -14,7 +14,7 @@ from hw.rom import LaneGeometry
 from sim import golden
 from sim.bundle import Bundle, validate
 from sim.random_bundle import random_bundle, random_images
-from test_hw_layer import IMAGES, simulate, window_beats  # the shared stream helpers
+from test_hw_layer import IMAGES, simulate, simulate_with_reset, window_beats  # the shared stream helpers
 
 
 def readout_case(seed, inputs, outputs, time_steps, weight_bits):
@@ -125,6 +125,30 @@ def test_readout_latency(lanes):
         integration_end = accepted[-1] + groups
         assert integration_end - accepted[0] == (spikes + steps) * groups
         assert run.received[image][0] - integration_end <= groups + 3
+
+
+@pytest.mark.parametrize("seed, lanes", [(71, 1), (72, 3), (73, 10)])
+def test_readout_reset_in_the_middle_of_a_window(seed, lanes):
+    """rst while the busiest window is half integrated and the previous window's result
+    may still wait in the result register: only the results of the windows driven
+    afterwards come out, exact, the first from a silent input (the biases)."""
+    bundle, result = readout_case(seed, 12, 10, 8, 6)
+    steps = bundle.time_steps
+    inputs = [result.traces(image)[0] for image in range(IMAGES)]
+    busiest = int(np.argmax([len(trace) for trace in inputs]))
+    first = window_beats(inputs[(busiest + 1) % IMAGES], steps)
+    cut = window_beats(inputs[busiest], steps)
+    half = len(cut) // 2
+    assert sum(1 for beat in cut[:half] if not beat["tick"]) >= 3
+    assert len(inputs[0]) == 0
+    after = [beat for trace in inputs for beat in window_beats(trace, steps)]
+    dut = Readout(bundle.readout, steps, lanes)
+    run = simulate_with_reset(dut, dut.result, first + cut, len(first) + half, after, IMAGES,
+                              seed=seed, ready_probability=0.3)
+    outputs = bundle.readout.outputs
+    got = [(beat.cls, [beat.logits[i] for i in range(outputs)]) for _, beat in run.received]
+    assert got == expected_results(result)
+    assert run.first_ready == LaneGeometry.of(outputs, lanes).groups
 
 
 def test_readout_rejects_bad_parameters():
