@@ -14,7 +14,6 @@ input gaps and back-pressure on ``result`` and ``trace``).
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sim.errors import TTFSError
+from sim.reports import write_json
 
 DEFAULT_IMAGES = 8
 DEFAULT_PIXELS_PER_BEAT = 16
@@ -309,8 +309,5 @@ def handle(args) -> int:
     rates = ", ".join(f"{rate:.3f}" for rate in report["spikes_per_neuron"])
     print(f"  spikes per neuron (layer 0..): {rates}")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle_out:
-            json.dump(report, handle_out, indent=2)
-            handle_out.write("\n")
-        print(f"  JSON written to {args.json}")
+        print(f"  JSON written to {write_json(args.json, report)}")
     return 0

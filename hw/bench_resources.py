@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from sim.errors import TTFSError
+from sim.reports import write_json
 
 SYNTH_SCRIPT = """\
 read_verilog {verilog}
@@ -140,6 +141,5 @@ def handle(args: argparse.Namespace) -> int:
     print(f"  RAMB18 {summary['ramb18']:>6}   RAMB36 {summary['ramb36']}")
     print(f"  DSP  {summary['dsp']:>8}")
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"  JSON written to {args.json}")
+        print(f"  JSON written to {write_json(args.json, report)}")
     return 0

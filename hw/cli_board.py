@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from sim.errors import TTFSError
+from sim.reports import write_json
 
 BITSTREAM_DESCRIPTION = """\
 Build the board top (network core + UART link + LEDs + self-test ROM) of a
@@ -183,7 +183,7 @@ def handle_run(args) -> int:
     print(f"throughput {result['images_per_second']} images/s over the link; "
           f"core {result['mean_core_cycles']:.0f} cycles per image")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.json, result)
     return 0 if not mismatches else 1
 
 

@@ -19,9 +19,9 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from sim.errors import TTFSError
+from sim.reports import write_json
 
 # Modules exposing ``register_bench(subparsers)``; ``ttfs bench --help`` lists them in this order.
 BENCH_MODULES = [
@@ -148,13 +148,7 @@ def handle_golden(args: argparse.Namespace) -> int:
         f"({report['images']} images in {report['seconds']:.3f} s, best of {report['repeats']})"
     )
     if args.json is not None:
-        path = Path(args.json)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        except OSError as err:
-            raise BenchError(f"--json: cannot write {path}: {err}") from None
-        print(f"report: {path}")
+        print(f"report: {write_json(args.json, report)}")
     return 0
 
 

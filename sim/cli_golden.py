@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from sim.errors import TTFSError
+from sim.reports import write_json
 
 DESCRIPTION = """\
 Run the exact golden model of a network bundle on images and report the
@@ -91,11 +90,5 @@ def handle(args: argparse.Namespace) -> int:
     for name, fraction in zip(_layer_names(bundle), spikes):
         print(f"  {name:<12} {fraction:.4f}")
     if args.json is not None:
-        path = Path(args.json)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        except OSError as err:
-            raise GoldenCliError(f"--json: cannot write {path}: {err}") from None
-        print(f"report:   {path}")
+        print(f"report:   {write_json(args.json, report)}")
     return 0

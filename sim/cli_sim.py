@@ -11,13 +11,13 @@ mismatch, 2 when the bundle or the simulator is unusable.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 
 from sim.errors import TTFSError
+from sim.reports import write_json
 
 DEFAULT_BUNDLE = "fixtures/bundles/mnist-fc2"
 DEFAULT_IMAGES = 100
@@ -205,7 +205,7 @@ def handle(args) -> int:
     if not ok and not args.waves:
         report["waves"] = _rerun_with_waves(bundle, name, images, raster_image, args, out, settings)
 
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out / "report.json", report, what="--out")
     _print_summary(report, scoreboard, run)
     return 0 if ok else 1
 

@@ -15,11 +15,11 @@ runnable alone: ``python -m sw.bench_epoch``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
+
+from sim.reports import write_json
 
 DESCRIPTION = (
     "Training-epoch time of the TTFS network (B1) against its ReLU twin, FC2 (or --widths) "
@@ -132,8 +132,7 @@ def handle_epoch(args: argparse.Namespace) -> int:
     print(f"  TTFS (B1)  {figures['snn_median_seconds']:7.3f} s {figures['snn_median_cpu_seconds']:7.3f} s")
     print(f"  ratio TTFS / ReLU  {figures['ratio']:.3f} (wall), {figures['cpu_ratio']:.3f} (CPU); target <= 1.15")
     if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
+        print(f"wrote {write_json(args.json, figures)}")
     return 0
 
 

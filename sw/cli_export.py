@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from sim.reports import write_json
 
 EXPORT_DESCRIPTION = """\
 Quantise a run made by `ttfs train` into a network bundle (contract v1):
@@ -99,9 +100,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     for line in export.sweep_table(report):
         print(line)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
+        print(f"wrote {write_json(args.json, report)}")
     if args.png:
         Path(args.png).parent.mkdir(parents=True, exist_ok=True)
         export.plot_sweep(report, args.png)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from sim.reports import write_json
 
 TRAIN_DESCRIPTION = """\
 Train a time-to-first-spike network with the B1 (identity) mapping, whose
@@ -211,8 +212,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print(line)
     run_sweeps(args, model, config, images, labels, report)
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
+        print(f"wrote {write_json(args.json, report)}")
     return 0
 
 
