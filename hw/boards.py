@@ -16,6 +16,8 @@ from hw.errors import HardwareError
 class Board:
     """One supported board.
 
+    ``clock_hz`` is the board's oscillator; ``pll_clock_hz``, when set, the
+    clock an on-chip PLL makes from it for the circuit (:attr:`system_clock_hz`).
     ``budget``: the device's LUT, FF, block RAM and DSP counts, in the units
     :mod:`hw.bitstream` reports (Xilinx: LUT6, FF, 36-kbit BRAM tiles,
     DSP48E1; ECP5: LUT4, FF, DP16KD (18 kbit), MULT18X18D; iCE40: logic
@@ -35,6 +37,13 @@ class Board:
     default_bundle: str = "fixtures/bundles/mnist-fc2"
     default_lanes: int = 16
     extra_resources: str | None = None
+    # The core's clock when a PLL makes it from ``clock_hz`` (ECP5 only); None: the board clock.
+    pll_clock_hz: int | None = None
+
+    @property
+    def system_clock_hz(self) -> int:
+        """The clock the circuit (core, UART, timeouts) runs at."""
+        return self.pll_clock_hz or self.clock_hz
 
     def platform(self, **kwargs):
         """A new amaranth-boards platform object for this board."""
@@ -68,6 +77,7 @@ BOARDS = {
         name="ulx3s", description="Radiona ULX3S with ECP5 LFE5U-85F",
         platform_module="amaranth_boards.ulx3s", platform_class="ULX3S_85F_Platform",
         family="ecp5", device="LFE5U-85F-6BG381C", clock_hz=25_000_000, baud=1_000_000,
+        pll_clock_hz=100_000_000,  # EHXPLLL: 25 MHz x 4; 1 Mbaud is divisor 100, exact
         budget={"lut": 83_640, "ff": 83_640, "bram": 208, "dsp": 156},
         leds=tuple(("led", k) for k in range(8))),
     "icebreaker": Board(

@@ -16,9 +16,12 @@ its first G_n cycles after reset, see :class:`hw.layer.Integrator`)::
     I_n      = max(W_{n-1}, (E_{n-1} + T) * G_n)     layer n takes the previous
                                                      window, G_n cycles a beat
     cycles   = B + 2                                 append, load step 0
-             + sum_{n=1}^{L-1} (I_n + 3)             integrate, then 3 to fire
-             + I_L + G_L + 3                         readout: drain G_L groups,
-                                                     result register
+             + sum_{n=1}^{L-1} (I_n + 4)             integrate, then 4 to fire
+             + I_L + G_L + 4 + D_L                   readout: drain G_L groups,
+                                                     argmax, result register
+
+where D_L = ceil(log2 P_L) is the readout's registered argmax tree
+(:func:`hw.readout.argmax_levels`; 0 with one lane).
 
 With G_n = 1 (P >= every layer's width) every term is exact; with G_n > 1
 the firing term ``E_n + T * G_n`` is an upper bound (a group holding k
@@ -28,7 +31,7 @@ error at 10 %.
 
 Throughput with images back to back is bounded by the slowest stage::
 
-    max(B, 1 + W_0, max_n ((E_{n-1} + T) * G_n + 1), max_n W_n)
+    max(B, 1 + W_0, max_n ((E_{n-1} + T) * G_n + 2), max_n W_n)
 
 and, with a trace port that is always ready, by the trace's one beat per
 cycle: sum_n (E_n + T) over the spiking layers.
@@ -41,6 +44,7 @@ from typing import Sequence
 
 from hw.encoder import beats_per_image
 from hw.errors import HardwareError
+from hw.readout import argmax_levels
 from hw.rom import LaneGeometry
 
 
@@ -70,6 +74,7 @@ def predict_cycles(bundle, lanes: int, pixels_per_beat: int,
             raise HardwareError(f"spike_counts[{layer}]: {count} is outside 0..{width}")
     steps = bundle.time_steps
     groups = [LaneGeometry.of(layer.outputs, lanes).groups for layer in bundle.layers]
+    readout_lanes = LaneGeometry.of(bundle.readout.outputs, lanes).lanes
     spikes = [int(count) for count in spike_counts]
     beats = beats_per_image(bundle.input_size, pixels_per_beat)
 
@@ -80,13 +85,13 @@ def predict_cycles(bundle, lanes: int, pixels_per_beat: int,
     for n, layer_groups in enumerate(groups, start=1):
         take = max(windows[n - 1], (spikes[n - 1] + steps) * layer_groups)
         if n < len(groups):
-            latency += take + 3
+            latency += take + 4
         else:
-            latency += take + layer_groups + 3
+            latency += take + layer_groups + 4 + argmax_levels(readout_lanes)
 
     interval = max(
         [beats, 1 + windows[0]]
-        + [(spikes[n - 1] + steps) * groups[n - 1] + 1 for n in range(1, len(groups) + 1)]
+        + [(spikes[n - 1] + steps) * groups[n - 1] + 2 for n in range(1, len(groups) + 1)]
         + windows[1:])
     trace_interval = max(interval, sum(count + steps for count in spikes))
     return CyclePrediction(latency, interval, trace_interval)

@@ -28,6 +28,10 @@ from hw.rom import LaneGeometry, bias_bits, pack_biases, pack_weights, signed_wi
 from sim.bundle import MAX_TIME_STEPS, MIN_TIME_STEPS, Layer, layer_potential_bounds, signed_bits
 
 
+# Rows of one weight ROM bank: an ECP5 DP16KD's depth in its 2048 x 9 mode.
+WEIGHT_BANK_ROWS = 2048
+
+
 def check_layer(layer: Layer, time_steps: int, readout: bool) -> None:
     """Raise HardwareError unless ``layer`` can be built as a readout (or a hidden layer)."""
     if not isinstance(layer, Layer):
@@ -149,12 +153,13 @@ class Integrator(wiring.Component):
     -----
     inp : In(event_signature(T, inputs))
         Windows of input events.  Each beat (spike or tick) takes G cycles;
-        ``ready`` is low while a beat's groups are issued, for one cycle
-        when a window closes, while no free bank is left, and during the
+        ``ready`` is low while a beat's groups are issued, for two cycles
+        when a window closes (its closing group in the read and write stages), while no free bank is left, and during the
         G-cycle clearing pass after reset.
     window_ready : Out(1)
-        A closed window waits in the drain bank (from 2 cycles after the
-        closing tick's last group was issued).
+        A closed window waits in the drain bank (from 3 cycles after the
+        closing tick's last group was issued: the weight row is read,
+        registered, then added).
     drain_group : In(range(G)), drain_en : In(1)
         Synchronous read of a group of the drain bank (data the next cycle;
         with ``drain_en`` low the data holds).
@@ -193,9 +198,18 @@ class Integrator(wiring.Component):
         bias_layout = data.ArrayLayout(signed(bias_bits(layer)), lanes)
         slope_layout = data.ArrayLayout(signed(slope_bits(layer)), lanes)
 
-        m.submodules.weights = weights = Memory(
-            shape=unsigned(weight_layout.size), depth=layer.inputs * groups,
-            init=pack_weights(layer, lanes), attrs={"ram_style": "block"})
+        # The weight ROM in banks of WEIGHT_BANK_ROWS rows, each read every
+        # cycle and its word registered; the bank of the row wanted is chosen
+        # from those registers in the write stage, so the mux over the banks
+        # no longer follows a block RAM's slow clock-to-output in one cycle.
+        weight_words = pack_weights(layer, lanes)
+        weight_banks = []
+        for bank, start in enumerate(range(0, len(weight_words), WEIGHT_BANK_ROWS)):
+            words = weight_words[start:start + WEIGHT_BANK_ROWS]
+            name = "weights" if len(weight_words) <= WEIGHT_BANK_ROWS else f"weights_{bank}"
+            m.submodules[name] = memory = Memory(shape=unsigned(weight_layout.size), depth=len(words),
+                                                 init=words, attrs={"ram_style": "block"})
+            weight_banks.append(memory.read_port())
         m.submodules.biases = biases = Memory(
             shape=unsigned(bias_layout.size), depth=groups, init=pack_biases(layer, lanes))
         # The integrator's own reads are transparent: with G = 1 a beat reads
@@ -206,7 +220,6 @@ class Integrator(wiring.Component):
                                 transparent_reads=1, plain_reads=1)
         slope_wr, (slope_rd,) = slopes.write, slopes.reads
         potential_wr, (potential_rd, drain_rd) = potentials.write, potentials.reads
-        weight_rd = weights.read_port()
         bias_rd = biases.read_port()
 
         def bank_row(group, bank):
@@ -231,7 +244,7 @@ class Integrator(wiring.Component):
         issue_first = Signal()
         issue_last = Signal()
 
-        # Write stage: the cycle after an issue, when the reads have arrived.
+        # Write stage: two cycles after an issue, when the reads have arrived.
         write_valid = Signal()
         write_group = Signal(range(groups))
         write_tick = Signal()
@@ -242,6 +255,7 @@ class Integrator(wiring.Component):
 
         window_closing = Signal()
         m.d.comb += window_closing.eq(write_valid & write_closes)
+        closing_read = Signal()              # the closing group is in the read stage
 
         # Clearing pass, the reset state: the slopes are a memory, which `rst`
         # does not clear, and a reset in the middle of a window leaves partial
@@ -252,7 +266,8 @@ class Integrator(wiring.Component):
         clear_group = Signal(range(groups))
 
         inp = self.inp
-        m.d.comb += inp.ready.eq(~clearing & ~busy & ~full.bit_select(integrate_bank, 1) & ~window_closing)
+        m.d.comb += inp.ready.eq(~clearing & ~busy & ~full.bit_select(integrate_bank, 1)
+                                 & ~closing_read & ~window_closing)
         with m.If(busy):
             m.d.comb += [
                 issue.eq(1),
@@ -285,23 +300,63 @@ class Integrator(wiring.Component):
             if banks == 2:
                 with m.If(closes):
                     m.d.sync += integrate_bank.eq(~integrate_bank)
+        # Read stage, the cycle after an issue: the weight row arrives and is
+        # registered (the weight ROM is many block RAMs whose output mux and
+        # routing would otherwise sit in front of the slope adders); the
+        # slope, potential and bias reads are issued now, so that they still
+        # land one cycle before their write (the transparency the G = 1 case
+        # relies on is unchanged).
+        read_valid = Signal()
+        read_group = Signal(range(groups))
+        read_tick = Signal()
+        read_first = Signal()
+        read_last = Signal()
+        read_bank = Signal()
+        read_closes = Signal()
+        m.d.sync += [
+            read_valid.eq(issue),
+            read_group.eq(issue_group),
+            read_tick.eq(issue_tick),
+            read_first.eq(issue_first),
+            read_last.eq(issue_last),
+            read_bank.eq(integrate_bank),
+            read_closes.eq(closes),
+        ]
+        bank_bits = max(0, (len(weight_banks) - 1).bit_length())
+        bank_rows = [Signal(weight_layout.size, name=f"weight_bank{bank}_row")
+                     for bank in range(len(weight_banks))]
+        read_bank_select = Signal(max(1, bank_bits))
+        write_bank_select = Signal.like(read_bank_select)
+        for port, row in zip(weight_banks, bank_rows):
+            m.d.comb += port.addr.eq(issue_row)      # truncated to the bank's rows
+            m.d.sync += row.eq(port.data)
+        if bank_bits:
+            m.d.sync += [read_bank_select.eq(issue_row >> WEIGHT_BANK_ROWS.bit_length() - 1),
+                         write_bank_select.eq(read_bank_select)]
+        weight_data = Signal(weight_layout)
+        with m.Switch(write_bank_select):
+            for bank, row in enumerate(bank_rows[:-1]):
+                with m.Case(bank):
+                    m.d.comb += weight_data.eq(row)
+            with m.Default():                        # the last bank (a complete case for lint)
+                m.d.comb += weight_data.eq(bank_rows[-1])
         m.d.comb += [
-            weight_rd.addr.eq(issue_row),
-            bias_rd.addr.eq(issue_group),
-            slope_rd.addr.eq(issue_group),
-            potential_rd.addr.eq(bank_row(issue_group, integrate_bank)),
+            bias_rd.addr.eq(read_group),
+            slope_rd.addr.eq(read_group),
+            potential_rd.addr.eq(bank_row(read_group, read_bank)),
         ]
         m.d.sync += [
-            write_valid.eq(issue),
-            write_group.eq(issue_group),
-            write_tick.eq(issue_tick),
-            write_first.eq(issue_first),
-            write_last.eq(issue_last),
-            write_bank.eq(integrate_bank),
-            write_closes.eq(closes),
+            write_valid.eq(read_valid),
+            write_group.eq(read_group),
+            write_tick.eq(read_tick),
+            write_first.eq(read_first),
+            write_last.eq(read_last),
+            write_bank.eq(read_bank),
+            write_closes.eq(read_closes),
         ]
 
-        weight_row = weight_layout(weight_rd.data)
+        weight_row = weight_data
+        m.d.comb += closing_read.eq(read_valid & read_closes)
         bias_row = bias_layout(bias_rd.data)
         m.d.comb += [
             slope_wr.addr.eq(write_group),
@@ -398,9 +453,9 @@ class LayerEngine(wiring.Component):
     Latency and throughput (cycles, with ``out`` always ready)
     ----------------------------------------------------------
     - Integration: G cycles per input beat (spike or tick), so
-      (E + T) * G for a window of E input spikes; one extra cycle of
+      (E + T) * G for a window of E input spikes; two extra cycles of
       ``inp.ready`` low when a window closes.
-    - Firing starts 2 cycles after the closing tick's last group was issued;
+    - Firing starts 3 cycles after the closing tick's last group was issued;
       the first output beat follows 2 cycles later.
     - Firing a window: per step, each group takes max(1, spikes in it)
       cycles and the tick one more, i.e. E_out + T cycles when G = 1 and at
@@ -416,7 +471,8 @@ class LayerEngine(wiring.Component):
 
     Storage
     -------
-    Weight ROM: ``inputs * G`` words of P * weight_bits (block RAM); bias
+    Weight ROM: ``inputs * G`` words of P * weight_bits (block RAM, in banks of
+    ``WEIGHT_BANK_ROWS`` = 2048 rows, each bank's word registered); bias
     ROM: G words; slopes: G rows and potentials: 2 banks of G rows, in one
     narrow memory per lane (registers when G = 1).  Registers are sized from
     the contract's section 6 bound, so nothing can overflow.

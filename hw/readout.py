@@ -13,6 +13,11 @@ from hw.rom import LaneGeometry
 from sim.bundle import Layer
 
 
+def argmax_levels(lanes: int) -> int:
+    """Registered compare levels of the readout's argmax tree over ``lanes`` lanes: ceil(log2 P)."""
+    return (int(lanes) - 1).bit_length()
+
+
 def result_layout(outputs: int, logit_bits: int) -> data.StructLayout:
     """Payload of the readout result: the class and every logit."""
     return data.StructLayout({
@@ -48,8 +53,9 @@ class Readout(wiring.Component):
         register width from ``sim.golden.potential_bounds`` (:attr:`logit_bits`).
 
     Latency (cycles): integration takes G per input beat, (E + T) * G per
-    window.  The result is valid G + 3 cycles after the closing tick's last
-    group was issued.  A single potential bank is used: the next window's
+    window.  The result is valid G + 4 + :func:`argmax_levels` (P) cycles
+    after the closing tick's last group was issued (the argmax compares one
+    tree level per cycle).  A single potential bank is used: the next window's
     input is accepted once the G reads are done, and the result register is
     held until ``result`` is taken (a waiting result stalls the next
     window's end, not its integration).
@@ -100,9 +106,12 @@ class Readout(wiring.Component):
         data_first = Signal()
         data_last = Signal()
 
+        # A window's last group is in the argmax pipeline: the next window's
+        # reads wait until its result is set.
+        pending = Signal()
         read = Signal()
         m.d.comb += [
-            read.eq(integrator.window_ready & ~result.valid & ~(data_valid & data_last)),
+            read.eq(integrator.window_ready & ~result.valid & ~pending),
             integrator.drain_en.eq(1),
             integrator.drain_group.eq(read_group),
         ]
@@ -114,7 +123,7 @@ class Readout(wiring.Component):
         ]
         with m.If(read):
             with m.If(read_group == groups - 1):
-                m.d.sync += [read_group.eq(0), read_base.eq(0)]
+                m.d.sync += [read_group.eq(0), read_base.eq(0), pending.eq(1)]
                 m.d.comb += integrator.release.eq(1)
             with m.Else():
                 m.d.sync += [read_group.eq(read_group + 1), read_base.eq(read_base + lanes)]
@@ -129,34 +138,51 @@ class Readout(wiring.Component):
             m.d.sync += shift.eq(Cat(shift[group_bits:], values.as_value()))
         m.d.comb += result.payload.logits.eq(shift[:outputs * self.logit_bits])
 
-        # Argmax of the group's lanes as a tree (the left side holds the
-        # lower indices and wins ties), then against the running best.
-        def best_of(candidates):
-            if len(candidates) == 1:
-                return candidates[0]
-            middle = len(candidates) // 2
-            (left_value, left_index, left_valid) = best_of(candidates[:middle])
-            (right_value, right_index, right_valid) = best_of(candidates[middle:])
-            take_right = right_valid & (~left_valid | (right_value > left_value))
-            return (Mux(take_right, right_value, left_value),
-                    Mux(take_right, right_index, left_index),
-                    left_valid | right_valid)
-
+        # Argmax of the group's lanes as a registered tree, one compare level
+        # per cycle (argmax_levels(P) = ceil(log2 P) stages; one compare per
+        # path keeps the 100 MHz ECP5 clock): pairs of neighbours, the left
+        # one holding the lower indices and winning ties; an odd one out
+        # passes to the next level unchanged.  The tree's winner then meets
+        # the running best on its way into best_value / best_index.
         candidates = []
         for lane in range(lanes):
             valid = Const(1, 1) if lane < last_group_lanes else ~data_last
             candidates.append((values[lane], data_base + lane, valid))
-        group_value, group_index, _ = best_of(candidates)
+        stage_valid, stage_first, stage_last = data_valid, data_first, data_last
+        level = 0
+        while len(candidates) > 1:
+            merged = []
+            for pair in range(0, len(candidates), 2):
+                if pair + 1 == len(candidates):
+                    chosen = candidates[pair]
+                else:
+                    (left_value, left_index, left_valid) = candidates[pair]
+                    (right_value, right_index, right_valid) = candidates[pair + 1]
+                    take_right = right_valid & (~left_valid | (right_value > left_value))
+                    chosen = (Mux(take_right, right_value, left_value),
+                              Mux(take_right, right_index, left_index),
+                              left_valid | right_valid)
+                value = Signal(signed(self.logit_bits), name=f"tree{level}_{pair // 2}_value")
+                index = Signal(range(outputs), name=f"tree{level}_{pair // 2}_index")
+                valid = Signal(name=f"tree{level}_{pair // 2}_valid")
+                m.d.sync += [value.eq(chosen[0]), index.eq(chosen[1]), valid.eq(chosen[2])]
+                merged.append((value, index, valid))
+            candidates = merged
+            next_valid, next_first, next_last = (Signal(name=f"tree{level}_{flag}")
+                                                 for flag in ("stage_valid", "first", "last"))
+            m.d.sync += [next_valid.eq(stage_valid), next_first.eq(stage_first), next_last.eq(stage_last)]
+            stage_valid, stage_first, stage_last = next_valid, next_first, next_last
+            level += 1
+        group_value, group_index, _ = candidates[0]
         best_value = Signal(signed(self.logit_bits))
         best_index = Signal(range(outputs))
-        take_group = data_first | (group_value > best_value)
-        new_value = Mux(take_group, group_value, best_value)
+        take_group = stage_first | (group_value > best_value)
         new_index = Mux(take_group, group_index, best_index)
-        with m.If(data_valid):
-            m.d.sync += [best_value.eq(new_value), best_index.eq(new_index)]
+        with m.If(stage_valid):
+            m.d.sync += [best_value.eq(Mux(take_group, group_value, best_value)), best_index.eq(new_index)]
 
         with m.If(result.valid & result.ready):
             m.d.sync += result.valid.eq(0)
-        with m.If(data_valid & data_last):
-            m.d.sync += [result.valid.eq(1), result.payload.cls.eq(new_index)]
+        with m.If(stage_valid & stage_last):
+            m.d.sync += [result.valid.eq(1), result.payload.cls.eq(new_index), pending.eq(0)]
         return m

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hw.bitstream import (
-    _utilisation_from_log, build_board, fit_check, nextpnr_counts, xilinx_counts,
+    _utilisation_from_log, build_board, ecp5_pll_dividers, fit_check, nextpnr_counts, xilinx_counts,
 )
 from hw.boards import BOARDS, get_board
 from hw.errors import HardwareError
@@ -18,6 +18,7 @@ from sw import cli
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_BUNDLE = REPO / "fixtures" / "bundles" / "edge-deep"
+MNIST_SMALL_BUNDLE = REPO / "fixtures" / "bundles" / "mnist-small"
 REPORT_FIELDS = {"board", "device", "lut", "ff", "bram", "dsp", "fmax_mhz", "bitstream", "fits"}
 
 
@@ -27,12 +28,25 @@ def test_board_table_matches_the_platforms(name):
     platform = board.platform()
     assert board.device.lower().startswith(platform.device.lower())
     assert platform.default_clk_frequency == board.clock_hz
-    uart_divisor(board.clock_hz, board.baud)  # a rate the clock can make within 2 %
+    uart_divisor(board.system_clock_hz, board.baud)  # a rate the circuit's clock makes within 2 %
+    if board.pll_clock_hz:
+        dividers = ecp5_pll_dividers(board.clock_hz, board.pll_clock_hz)
+        assert board.clock_hz * dividers["CLKFB_DIV"] == board.pll_clock_hz * dividers["CLKI_DIV"]
     platform.lookup("uart", 0)
     for resource, number, *line in board.leds:
         found = platform.lookup(resource, number)
         assert not line or line[0] in {sub.name for sub in found.ios}
     assert all(board.budget[field] > 0 for field in ("lut", "ff", "bram", "dsp"))
+
+
+def test_ecp5_pll_dividers():
+    """25 MHz x 4 = 100 MHz with the VCO at 600 MHz (inside 400..800); impossible ratios are refused."""
+    assert ecp5_pll_dividers(25_000_000, 100_000_000) == {"CLKI_DIV": 1, "CLKFB_DIV": 4, "CLKOP_DIV": 6}
+    dividers = ecp5_pll_dividers(25_000_000, 62_500_000)
+    assert 25_000_000 * dividers["CLKFB_DIV"] == 62_500_000 * dividers["CLKI_DIV"]
+    assert 400e6 <= 62_500_000 * dividers["CLKOP_DIV"] <= 800e6
+    with pytest.raises(HardwareError, match="no EHXPLLL setting makes 99.9999 MHz from 25 MHz"):
+        ecp5_pll_dividers(25_000_000, 99_999_900)
 
 
 def test_unknown_board_is_refused():
@@ -104,16 +118,21 @@ def test_arty_tree_and_estimate(tmp_path):
 
 
 def test_ulx3s_bitstream_for_a_small_bundle(tmp_path):
-    """A real ECP5 bitstream through the CLI, with post-route Fmax and utilisation.
+    """A real ECP5 bitstream of the small trained bundle (784-32-10, 16 lanes) through the CLI.
 
-    About 40 s with the yowasp tools compiled, up to two minutes on a fresh
-    machine (yowasp compiles nextpnr-ecp5 on its first run).
+    The core runs from the PLL at 100 MHz: nextpnr derives that constraint
+    through the EHXPLLL and reports the post-route Fmax against it.  About
+    two minutes with the yowasp tools compiled (yowasp compiles
+    nextpnr-ecp5 on its first run, which adds a minute or two).
     """
-    status = cli.main(["bitstream", "ulx3s", "--bundle", str(SMALL_BUNDLE), "--lanes", "3",
-                       "--out", str(tmp_path)])
-    report = json.loads((tmp_path / "ulx3s" / "report.json").read_text())
+    status = cli.main(["bitstream", "ulx3s", "--bundle", str(MNIST_SMALL_BUNDLE), "--out", str(tmp_path)])
+    out = tmp_path / "ulx3s"
+    report = json.loads((out / "report.json").read_text())
     assert status == 0 and report["fits"] is True
     bitstream = Path(report["bitstream"])
     assert bitstream.is_file() and bitstream.stat().st_size > 100_000
-    assert report["fmax_mhz"] > 25.0  # meets the board's 25 MHz clock
-    assert 0 < report["lut"] < report["budget"]["lut"] and report["ff"] > 0
+    assert report["clock_mhz"] == 100 and report["board_clock_mhz"] == 25
+    assert "Derived frequency constraint of 100.0 MHz" in (out / "ttfs.tim").read_text()
+    assert report["timing_met"] == (report["fmax_mhz"] >= 100)
+    assert report["fmax_mhz"] > 50
+    assert 0 < report["lut"] < report["budget"]["lut"] and report["ff"] > 0 and report["bram"] > 0

@@ -18,6 +18,7 @@ import pytest
 from amaranth import ClockDomain, Module
 from amaranth.sim import Simulator
 
+import hw.layer
 from hw.errors import HardwareError
 from hw.layer import LayerEngine
 from hw.rom import LaneGeometry, bias_bits, pack_biases, pack_weights, write_rom_images
@@ -238,6 +239,19 @@ LAYER_CASES = [
 def test_layer_matches_golden(seed, inputs, outputs, steps, weight_bits, ramp_shift, lanes):
     bundle, result = golden_case(seed, inputs, outputs, steps, weight_bits, ramp_shift)
     windows, _, expected = run_layer(bundle, result, lanes or outputs, seed=seed,
+                                     gap_probability=0.3, ready_probability=0.6)
+    assert len(windows) == len(expected)
+    for image, (got, want) in enumerate(zip(windows, expected)):
+        assert got.tolist() == want.tolist(), f"image {image}"
+
+
+@pytest.mark.parametrize("seed, lanes", [(13, 2), (14, 5)])
+def test_layer_with_a_banked_weight_rom_matches_golden(monkeypatch, seed, lanes):
+    """A weight ROM deeper than one bank (here 8 rows instead of 2048): the
+    bank registers and the bank select in the write stage stay exact."""
+    monkeypatch.setattr(hw.layer, "WEIGHT_BANK_ROWS", 8)
+    bundle, result = golden_case(seed, 11, 9, 8, 4, 2)   # 11 inputs x 5 or 2 groups: 7 or 3 banks
+    windows, _, expected = run_layer(bundle, result, lanes, seed=seed,
                                      gap_probability=0.3, ready_probability=0.6)
     assert len(windows) == len(expected)
     for image, (got, want) in enumerate(zip(windows, expected)):
