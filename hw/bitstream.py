@@ -82,21 +82,24 @@ def ecp5_pll_dividers(input_hz: int, output_hz: int) -> dict:
 
 
 class ECP5PLL(Elaboratable):
-    """The ``sync`` domain from an EHXPLLL on the board clock; reset until the PLL locks.
+    """Drives ``domain`` from an EHXPLLL on the board clock; reset until the PLL locks.
 
-    The reset is asserted at once and released in step with the new clock
-    (``ResetSynchronizer``), so the whole circuit starts together.
+    The domain itself is defined by the caller's module (Amaranth 0.6 wants a
+    domain defined where it is used or above); this only drives its clock and
+    reset.  The reset is asserted at once and released in step with the new
+    clock (``ResetSynchronizer``), so the whole circuit starts together.
     """
 
-    def __init__(self, input_hz: int, output_hz: int):
+    def __init__(self, input_hz: int, output_hz: int, domain: ClockDomain):
         self.input_hz, self.output_hz = int(input_hz), int(output_hz)
         self.dividers = ecp5_pll_dividers(self.input_hz, self.output_hz)
+        self.domain = domain
 
     def elaborate(self, platform):
         m = Module()
         clock_pin = platform.request(platform.default_clk, dir="-")
         m.submodules.clock_buffer = clock_buffer = io.Buffer("i", clock_pin)
-        m.domains.sync = sync = ClockDomain("sync")
+        sync = self.domain
         locked = Signal()
         dividers = self.dividers
         m.submodules.pll = Instance(
@@ -112,7 +115,7 @@ class ECP5PLL(Elaboratable):
             i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1,
             i_PLLWAKESYNC=0, i_ENCLKOP=0,
             o_CLKOP=sync.clk, o_LOCK=locked)
-        m.submodules.reset = ResetSynchronizer(~locked, domain="sync")
+        m.submodules.reset = ResetSynchronizer(~locked, domain=sync.name)
         # nextpnr derives the output's constraint from the dividers ("Derived
         # frequency constraint of 100.0 MHz"), so none is added here.
         return m
@@ -137,7 +140,8 @@ class PlatformTop(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         if self.board.pll_clock_hz:
-            m.submodules.pll = ECP5PLL(self.board.clock_hz, self.board.pll_clock_hz)
+            m.domains.sync = sync = ClockDomain("sync")
+            m.submodules.pll = ECP5PLL(self.board.clock_hz, self.board.pll_clock_hz, sync)
         m.submodules.board = top = self.top
         # Raw ports for every line of the UART resource (some boards add rts/dtr); only rx/tx are used.
         lines = platform.lookup("uart", 0).ios
