@@ -52,6 +52,20 @@ def check_layer(layer: Layer, time_steps: int, readout: bool) -> None:
             f"do not match inputs={layer.inputs}, outputs={layer.outputs}")
 
 
+def checked_geometry(component, layer: Layer, time_steps: int, lanes: int, readout: bool) -> LaneGeometry:
+    """``check_layer`` and the lane geometry for a LayerEngine or Readout being built.
+
+    On a HardwareError the half-built ``component`` is marked as deliberately
+    unused, so Amaranth does not also warn that it was never elaborated.
+    """
+    try:
+        check_layer(layer, time_steps, readout=readout)
+        return LaneGeometry.of(layer.outputs, lanes)
+    except HardwareError:
+        component._MustUse__silence = True
+        raise
+
+
 def slope_bits(layer: Layer) -> int:
     """Signed width of a slope: any partial row sum of W lies in -sum(W<0)..sum(W>0)."""
     weight = np.asarray(layer.weight, dtype=np.int64)
@@ -479,12 +493,7 @@ class LayerEngine(wiring.Component):
     """
 
     def __init__(self, layer: Layer, time_steps: int, lanes: int):
-        try:
-            check_layer(layer, time_steps, readout=False)
-            self._geometry = LaneGeometry.of(layer.outputs, lanes)
-        except HardwareError:
-            self._MustUse__silence = True   # a rejected component is not an unused one
-            raise
+        self._geometry = checked_geometry(self, layer, time_steps, lanes, readout=False)
         self._layer = layer
         self._time_steps = int(time_steps)
         super().__init__({

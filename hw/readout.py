@@ -6,9 +6,8 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.errors import HardwareError
 from hw.events import bits_for, event_signature
-from hw.layer import Integrator, check_layer, potential_bits
+from hw.layer import Integrator, checked_geometry, potential_bits
 from hw.rom import LaneGeometry
 from sim.bundle import Layer
 
@@ -67,12 +66,7 @@ class Readout(wiring.Component):
     """
 
     def __init__(self, layer: Layer, time_steps: int, lanes: int):
-        try:
-            check_layer(layer, time_steps, readout=True)
-            self._geometry = LaneGeometry.of(layer.outputs, lanes)
-        except HardwareError:
-            self._MustUse__silence = True   # a rejected component is not an unused one
-            raise
+        self._geometry = checked_geometry(self, layer, time_steps, lanes, readout=True)
         self._layer = layer
         self._time_steps = int(time_steps)
         self.logit_bits = potential_bits(layer, time_steps)
