@@ -162,6 +162,19 @@ class PlatformTop(Elaboratable):
         return m
 
 
+# Yosys 0.70's ABC9 mapping (its only LUT mapper for ECP5) fails an internal
+# assertion in abc_ops_reintegrate on some of these designs ("Assert
+# `GetSize(conn.first) == GetSize(conn.second)' failed"), depending on
+# details as small as where a register sits; it comes from the names of
+# unused wires.  So synthesis stops before LUT mapping, drops those wires
+# (`opt_clean -purge`) and goes on from there.  (`-dff` also avoids it but
+# makes ABC9 take many minutes on the default bundle.)
+ECP5_SYNTH_OVERRIDES = {
+    "synth_opts": "-run :map_luts",
+    "script_after_synth": f"opt_clean -purge\nsynth_ecp5 -run map_luts: -top {NAME}",
+}
+
+
 class BuildFailed(HardwareError):
     """A synthesis or place-and-route tool failed (the message holds the tail of its log)."""
 
@@ -190,6 +203,21 @@ def _run(command: list[str], cwd: Path, log: Path, env: dict | None = None) -> s
         tail = "\n".join(text.splitlines()[-LOG_TAIL_LINES:])
         raise BuildFailed(f"{command[0]} failed (exit {status}); log {log}:\n{tail}")
     return text
+
+
+def tool_errors(out: Path, limit: int = 3) -> list[str]:
+    """The last ``limit`` ERROR lines of the yosys and nextpnr logs in ``out``, each naming its log.
+
+    Amaranth's build script runs yosys with ``-q -l NAME.rpt`` and nextpnr
+    with ``--log NAME.tim``, so a tool's own error lands there, not in the
+    script's output.
+    """
+    found = []
+    for log in (out / f"{NAME}.rpt", out / f"{NAME}.tim"):
+        if log.is_file():
+            found += [f"{log.name}: {line.strip()}" for line in log.read_text(errors="replace").splitlines()
+                      if line.startswith("ERROR")]
+    return found[-limit:]
 
 
 def _file_bytes(content) -> bytes:
@@ -296,8 +324,9 @@ def _build_xilinx(board, bundle, bundle_path, lanes, top, out, progress, estimat
 def _build_nextpnr(board, bundle_path, lanes, top, out, progress) -> dict:
     # --timing-allow-fail: a design slower than the clock still gets its bitstream and an
     # honest Fmax in the report (timing_met says whether it meets the clock).
+    overrides = ECP5_SYNTH_OVERRIDES if board.family == "ecp5" else {}
     plan = board.platform().build(top, name=NAME, do_build=False,
-                                  nextpnr_opts="--report report.json --timing-allow-fail")
+                                  nextpnr_opts="--report report.json --timing-allow-fail", **overrides)
     plan.extract(str(out))
     progress(f"synthesis, place and route with yowasp ({board.family}); log {out / 'build.log'}")
     try:
@@ -311,6 +340,9 @@ def _build_nextpnr(board, bundle_path, lanes, top, out, progress) -> dict:
             fits, message = fit_check(counts, board.budget)
             return _report(board, bundle_path, lanes, **counts, budget=board.budget, fits=False,
                            message=message, method="nextpnr (place and route failed)", baud=top.top.baud)
+        errors = tool_errors(out)
+        if errors:
+            raise BuildFailed(f"{err}\n" + "\n".join(errors)) from None
         raise err
     report = json.loads((out / "report.json").read_text())
     used, available, fmax = nextpnr_counts(report, board.family)

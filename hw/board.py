@@ -28,13 +28,14 @@ from __future__ import annotations
 import numpy as np
 from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
-from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.errors import HardwareError
 from hw.events import bits_for
 from hw.protocol import FrameAnswerer, FrameParser, request_layout
+from hw.register_slice import RegisterSlice
 from hw.uart import UARTRx, UARTTx, uart_divisor
 from sw import host_link
 from sw.host_link import (
@@ -48,6 +49,7 @@ DEFAULT_FRAME_TIMEOUT_S = 0.02
 DEFAULT_SELFTEST_IMAGES = 4
 MAX_SELFTEST_IMAGES = 32
 REQUEST_FIFO_DEPTH = 4
+PIXEL_FIFO_DEPTH = 4
 COUNTER_BITS = 16
 
 
@@ -163,7 +165,10 @@ class BoardTop(wiring.Component):
         lengths = {CLASSIFY: size, STATUS: 0, VERSION: 0, SELFTEST: 0}
         m.submodules.parser = parser = FrameParser(lengths, size, self.timeout_cycles)
         m.submodules.answerer = answerer = FrameAnswerer(self.max_payload)
-        m.submodules.requests = requests = SyncFIFO(width=request_layout().size, depth=REQUEST_FIFO_DEPTH)
+        # Buffered: its output is a register, so the executor's decode does not
+        # start behind a LUT-RAM read.
+        m.submodules.requests = requests = SyncFIFOBuffered(width=request_layout().size,
+                                                            depth=REQUEST_FIFO_DEPTH)
         m.submodules.core = core = self.core
         m.d.comb += [
             uart_rx.rx.eq(self.rx),
@@ -195,32 +200,53 @@ class BoardTop(wiring.Component):
         ]
         request = Signal(request_layout())
 
-        # ---- Feeder: one image from the buffer or the ROM into the core, one pixel per beat.
+        # ---- Feeder: one image from the buffer or the ROM into the core, one
+        # pixel per beat.  The memories are read without ever stalling: each
+        # memory's word goes straight into its own register (a block RAM's
+        # output is slow, 5.8 ns on an ECP5, and may sit far from the logic),
+        # then the two are chosen between into a small FIFO, and a read is
+        # issued only while the FIFO has room for it and for the reads still
+        # on their way.  The FIFO's output is a register, and a register
+        # slice keeps the core's `ready` out of it.
+        m.submodules.pixel_fifo = pixel_fifo = SyncFIFOBuffered(width=8, depth=PIXEL_FIFO_DEPTH)
+        m.submodules.pixel_link = pixel_link = RegisterSlice(core.pixels.signature.flip())
+        wiring.connect(m, pixel_link.out, core.pixels)
         feed_start = Signal()
         feed_from_rom = Signal()
         feed_base = Signal(range(max(2, count * size)))
         fed = Signal(range(size + 1))
         feeding = Signal()
-        pixel_valid = Signal()
-        advance = Signal()
+        issue = Signal()
+        read_valid = Signal()            # the memories' read data is a pixel
+        held_valid = Signal()            # held_rom / held_buffer hold a pixel
+        held_from_rom = Signal()
+        held_rom = Signal(8, reset_less=True)        # only read behind held_valid; a reset
+        held_buffer = Signal(8, reset_less=True)     # would put a LUT after the block RAM
         m.d.comb += [
-            advance.eq(~pixel_valid | core.pixels.ready),
+            issue.eq(feeding & (fed != size)
+                     & (pixel_fifo.level + read_valid + held_valid < PIXEL_FIFO_DEPTH)),
             buffer_read.addr.eq(fed),
-            buffer_read.en.eq(advance),
             rom_read.addr.eq(feed_base + fed),
-            rom_read.en.eq(advance),
-            core.pixels.valid.eq(pixel_valid),
-            core.pixels.payload.as_value().eq(Mux(feed_from_rom, rom_read.data, buffer_read.data)),
+            pixel_fifo.w_en.eq(held_valid),
+            pixel_fifo.w_data.eq(Mux(held_from_rom, held_rom, held_buffer)),
+            pixel_link.inp.valid.eq(pixel_fifo.r_rdy),
+            pixel_link.inp.payload.as_value().eq(pixel_fifo.r_data),
+            pixel_fifo.r_en.eq(pixel_link.inp.ready),
         ]
-        with m.If(advance):
-            with m.If(feeding & (fed != size)):
-                m.d.sync += [pixel_valid.eq(1), fed.eq(fed + 1)]
-            with m.Else():
-                m.d.sync += pixel_valid.eq(0)
-                with m.If(feeding):
-                    m.d.sync += feeding.eq(0)
-                    with m.If(~feed_from_rom):
-                        m.d.sync += locked.eq(0)
+        m.d.sync += [
+            read_valid.eq(issue),
+            held_valid.eq(read_valid),
+            held_from_rom.eq(feed_from_rom),
+            held_rom.eq(rom_read.data),
+            held_buffer.eq(buffer_read.data),
+        ]
+        with m.If(issue):
+            m.d.sync += fed.eq(fed + 1)
+        with m.If(feeding & (fed == size)):
+            # Every read is issued: the buffer may take the next image.
+            m.d.sync += feeding.eq(0)
+            with m.If(~feed_from_rom):
+                m.d.sync += locked.eq(0)
         with m.If(feed_start):
             m.d.sync += [feeding.eq(1), fed.eq(0)]
         with m.If(parser.request.valid & parser.request.ready

@@ -1,15 +1,17 @@
 """NetworkCore: the whole network of a bundle as one streaming circuit.
 
 ```
-pixels -> InputEncoder -> [tap 0] -> LayerEngine 1 -> [tap 1] -> ... -> Readout -> result
-                             |                          |
-                             +------> TraceMerge <------+                    (trace=True)
+pixels -> InputEncoder -> | -> [tap 0] -> LayerEngine 1 -> | -> [tap 1] -> ... -> Readout -> result
+                                  |                               |
+                                  +---------> TraceMerge <--------+         (trace=True)
                                           |
                                           +--> trace
 ```
 
 Every block talks the event protocol of :mod:`hw.events` over
-``amaranth.lib.stream`` handshakes, so the layers overlap by construction:
+``amaranth.lib.stream`` handshakes, each link through a
+:class:`hw.register_slice.RegisterSlice` (``|`` above; one cycle), so the
+layers overlap by construction:
 layer n+1 integrates layer n's window while layer n fires it, and the encoder
 takes the next image in while the previous one's window leaves.
 
@@ -27,7 +29,7 @@ first G_n cycles after ``rst`` (and after power-up) are a pass that zeroes
 its slope memory, with its input not ready.  The input is ready in the
 first cycle after ``rst``; the clearing passes overlap the first image's
 input and delay it only where a layer's G_n is longer than its first input
-beat takes to reach it (at least B + 2 cycles for layer 1).
+beat takes to reach it (at least B + 3 cycles for layer 1).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from hw.errors import HardwareError
 from hw.events import bits_for
 from hw.layer import LayerEngine
 from hw.readout import Readout
+from hw.register_slice import RegisterSlice
 from hw.trace import TraceMerge, TraceTap, trace_layout
 from sim.bundle import validate
 from sim.golden import potential_bounds
@@ -127,8 +130,9 @@ class NetworkCore(wiring.Component):
         self.readout = Readout(bundle.readout, bundle.time_steps, lanes)
         # Images that can be between the first pixel beat and the result: two
         # in the encoder, up to two per layer (one integrating, one firing),
-        # one in the result register.
-        self.images_in_flight = 3 + 2 * len(bundle.layers)
+        # one in each link's register slice (a window of T = 2 ticks fits
+        # there whole), one in the result register.
+        self.images_in_flight = 3 + 3 * len(bundle.layers)
 
     def elaborate(self, platform):
         m = Module()
@@ -143,6 +147,12 @@ class NetworkCore(wiring.Component):
         consumers = [engine.inp for engine in self.engines] + [self.readout.inp]
         taps = []
         for index, (producer, consumer) in enumerate(zip(producers, consumers)):
+            # A register slice on every link: no combinational path crosses
+            # from one block into the next, in either direction.
+            link = RegisterSlice(producer.signature)
+            m.submodules[f"link{index}"] = link
+            wiring.connect(m, producer, link.inp)
+            producer = link.out
             if self.has_trace:
                 width = spiking_widths(bundle)[index]
                 tap = TraceTap(bundle.time_steps, width)

@@ -15,13 +15,14 @@ its first G_n cycles after reset, see :class:`hw.layer.Integrator`)::
     W_n      = E_n + T * G_n                         layer n firing its window
     I_n      = max(W_{n-1}, (E_{n-1} + T) * G_n)     layer n takes the previous
                                                      window, G_n cycles a beat
-    cycles   = B + 2                                 append, load step 0
-             + sum_{n=1}^{L-1} (I_n + 4)             integrate, then 4 to fire
-             + I_L + G_L + 4 + D_L                   readout: drain G_L groups,
-                                                     argmax, result register
+    cycles   = B + 3                                 look up, append, load step 0
+             + sum_{n=1}^{L-1} (I_n + 8)             link, integrate, 7 to fire
+             + 1 + I_L + G_L + 6 + D_L               link, readout: drain G_L
+                                                     groups, argmax, result
 
 where D_L = ceil(log2 P_L) is the readout's registered argmax tree
-(:func:`hw.readout.argmax_levels`; 0 with one lane).
+(:func:`hw.readout.argmax_levels`; 0 with one lane) and each "link" is the
+one-cycle :class:`hw.register_slice.RegisterSlice` in front of a layer.
 
 With G_n = 1 (P >= every layer's width) every term is exact; with G_n > 1
 the firing term ``E_n + T * G_n`` is an upper bound (a group holding k
@@ -31,7 +32,7 @@ error at 10 %.
 
 Throughput with images back to back is bounded by the slowest stage::
 
-    max(B, 1 + W_0, max_n ((E_{n-1} + T) * G_n + 2), max_n W_n)
+    max(B, 1 + W_0, max_n ((E_{n-1} + T) * G_n + 4), max_n W_n)
 
 and, with a trace port that is always ready, by the trace's one beat per
 cycle: sum_n (E_n + T) over the spiking layers.
@@ -81,17 +82,17 @@ def predict_cycles(bundle, lanes: int, pixels_per_beat: int,
     windows = [spikes[0] + steps]                               # W_0
     for n in range(1, len(widths)):
         windows.append(spikes[n] + steps * groups[n - 1])       # W_n, groups of layer n
-    latency = beats + 2
+    latency = beats + 3
     for n, layer_groups in enumerate(groups, start=1):
         take = max(windows[n - 1], (spikes[n - 1] + steps) * layer_groups)
         if n < len(groups):
-            latency += take + 4
+            latency += 1 + take + 7
         else:
-            latency += take + layer_groups + 4 + argmax_levels(readout_lanes)
+            latency += 1 + take + layer_groups + 6 + argmax_levels(readout_lanes)
 
     interval = max(
         [beats, 1 + windows[0]]
-        + [(spikes[n - 1] + steps) * groups[n - 1] + 2 for n in range(1, len(groups) + 1)]
+        + [(spikes[n - 1] + steps) * groups[n - 1] + 4 for n in range(1, len(groups) + 1)]
         + windows[1:])
     trace_interval = max(interval, sum(count + steps for count in spikes))
     return CyclePrediction(latency, interval, trace_interval)

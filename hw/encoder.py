@@ -8,23 +8,33 @@ at step 0 may come from the last pixel, so the whole image is buffered first.
 Buffering without scanning all pixels once per step (``T x C*H*W`` cycles):
 the encoder builds, while the image streams in, one linked list per step.
 Pixels arrive ``K = pixels_per_beat`` at a time, pixel ``j = b*K + k`` of beat
-``b`` on *lane* ``k``; every lane owns its own lists (head, tail and a valid
-flag per step, a next-pointer per beat), so each lane appends at most one
-pixel per cycle and the K appends of a beat never collide.  Lists grow in
-arrival order, so each lane's list for a step is in ascending pixel order.
+``b`` on *lane* ``k``; every lane owns its own lists (heads, tails and flags
+per step, a next-pointer per beat), so each lane appends at most one pixel
+per cycle and the K appends of a beat never collide.  Lists grow in arrival
+order, so each lane's list for a step is in ascending pixel order.
+
+Each list is kept as three interleaved sublists (``SUBLISTS``): a step's
+1st, 4th, 7th ... append go to sublist 0, the 2nd, 5th ... to sublist 1, the
+3rd, 6th ... to sublist 2.  Walking the list means taking the sublists in
+turn, so a sublist moves on at most every third cycle, and its next-pointer
+can be read from block RAM at a registered address into a register before
+it is needed.  A plain list needs the next-pointer of the node emitted in
+the same cycle: a read through a deep LUT-RAM in the loop, which limited the
+clock to 87 MHz on an ECP5; two sublists still left a block RAM's slow
+output in front of logic.
 
 Emission walks the steps in order: for step ``s`` it loads the K lanes' list
 heads and, every cycle, emits the smallest pixel index among the lanes'
 current nodes (a K-way merge of sorted lists), then advances that lane along
-its next-pointer.  When every lane is exhausted it emits the tick of step
-``s``.  One image therefore leaves in ``1 + spikes + T`` cycles after it is
-in (the 1 loads step 0).
+its list.  When every lane is exhausted it emits the tick of step ``s``.
+One image therefore leaves in ``1 + spikes + T`` cycles after it is in (the
+1 loads step 0).
 
 The lists are double-buffered: while buffer A is emitted, the next image
 streams into buffer B.  Loading step ``s`` of a buffer clears that step's
-valid flags, so a buffer is empty again when its window has left.
+valid flags and append counters, so a buffer is empty again when its window has left.
 
-Reset: the valid flags (2 x K x T bits) are registers, so ``rst`` empties
+Reset: the valid flags and append counters (2 x K x 5T bits) are registers, so ``rst`` empties
 every list at once, even in the middle of a frame; heads, tails and
 next-pointers stay in memories, which ``rst`` does not touch, but they are
 only read behind a set valid flag.  The encoder therefore needs no clearing
@@ -33,7 +43,7 @@ pass and accepts pixels in the first cycle after ``rst`` falls.
 
 from __future__ import annotations
 
-from amaranth import Const, Module, Mux, Signal
+from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -42,6 +52,9 @@ from hw.errors import HardwareError
 from hw.events import bits_for, event_signature
 
 PIXEL_BITS = 8
+# Interleaved sublists per step list: a sublist's next-pointer arrives three
+# cycles after its node was emitted (address, block RAM read, register).
+SUBLISTS = 3
 
 
 def pixel_signature(pixels_per_beat: int) -> stream.Signature:
@@ -72,8 +85,9 @@ class InputEncoder(wiring.Component):
     events : Out(event_signature(T, C*H*W))
         One window per image.
 
-    Latency: the last beat of an image is appended one cycle after it is
-    accepted; the window starts two cycles later (if the previous window has
+    Latency: the last beat of an image is appended two cycles after it is
+    accepted (LUT read, then spike and step registered); the window starts
+    two cycles later (if the previous window has
     left) and takes ``1 + spikes + T`` cycles at full downstream speed.  The
     input accepts one beat per cycle while a list buffer is free.
     """
@@ -129,25 +143,39 @@ class InputEncoder(wiring.Component):
                          init=[a for row in self.lut for a in row])
         m.submodules.lut_rom = lut_rom
 
-        # ---- List buffers: per buffer and lane, a valid flag, head and tail per
-        # step and a next-pointer per beat.  The valid flags are registers, not
-        # a memory: `rst` must empty the lists (a memory keeps its contents),
-        # and everything else is only read behind a set flag.
+        # ---- List buffers: per buffer and lane, every step's list is
+        # SUBLISTS interleaved sublists (a step's appends go to sublists 0, 1,
+        # 2, 0, 1, 2, ... in turn), each with a valid flag, head and tail; a
+        # counter per step says which sublist takes the next append.  Valid
+        # flags and counters are registers, not a memory: `rst` must empty the
+        # lists (a memory keeps its contents), and everything else is only
+        # read behind a set flag.
         def list_memory(name, shape, depth):
             mem = Memory(shape=shape, depth=depth, init=[])
             m.submodules[name] = mem
             return mem
 
+        R = SUBLISTS
+        turn_width = bits_for(R - 1)
         lists = [[{
-            "valid": Signal(T, name=f"valid_{buf}_{k}"),
-            "head": list_memory(f"head_{buf}_{k}", beat_width, T),
-            "tail": list_memory(f"tail_{buf}_{k}", beat_width, T),
+            "valid": [Signal(T, name=f"valid_{buf}_{k}_{sub}") for sub in range(R)],
+            "fill_turn": Signal(turn_width * T, name=f"fill_turn_{buf}_{k}"),
+            # Row (sub, step) = sub * T + step: T is a power of two.
+            "head": list_memory(f"head_{buf}_{k}", beat_width, R * T),
+            "tail": list_memory(f"tail_{buf}_{k}", beat_width, R * T),
             "next": list_memory(f"next_{buf}_{k}", beat_width, self.beats),
         } for k in range(K)] for buf in range(2)]
 
-        # Buffer handshake: `full[b]` from the last beat's append until the
-        # window of buffer b has left.
+        def list_row(step_index, sub):
+            return Cat(step_index, Const(sub, turn_width) if isinstance(sub, int) else sub)
+
+        # Buffer handshake: `full[b]` (no more input) from the cycle the last
+        # beat is accepted, `filled[b]` (ready to emit) from the cycle it is
+        # appended, both until the window of buffer b has left.  With a
+        # one-beat image the next-but-one image must not enter b while its
+        # appends are still in flight.
         full = [Signal(name=f"full_{buf}") for buf in range(2)]
+        filled = [Signal(name=f"filled_{buf}") for buf in range(2)]
         fill_buf = Signal()      # buffer the next accepted beat goes to
         emit_buf = Signal()      # buffer the emitter reads
 
@@ -196,43 +224,93 @@ class InputEncoder(wiring.Component):
                         chan[k].eq(chan[k] + q + wraps),
                     ]
 
-        # ---- Stage 2: append each lane's spike to its step's list.
+        # ---- Stage 2: the LUT's activations become each lane's spike and step,
+        # registered (the LUT ROM's output, a subtraction and then the list
+        # flags and write enables would not fit one 100 MHz cycle).
+        lookup_valid = Signal()
+        lookup_beat = Signal(beat_width)
+        lookup_buf = Signal()
+        lookup_last = Signal()
+        m.d.sync += lookup_valid.eq(accept)
+        with m.If(accept):
+            m.d.sync += [
+                lookup_beat.eq(beat),
+                lookup_buf.eq(fill_buf),
+                lookup_last.eq(last_beat),
+            ]
+
+        # ---- Stage 3: append each lane's spike to its step's list.
         append_valid = Signal()
         append_beat = Signal(beat_width)
         append_buf = Signal()
         append_last = Signal()
-        m.d.sync += append_valid.eq(accept)
-        with m.If(accept):
-            m.d.sync += [
-                append_beat.eq(beat),
-                append_buf.eq(fill_buf),
-                append_last.eq(last_beat),
-            ]
+        m.d.sync += [
+            append_valid.eq(lookup_valid),
+            append_beat.eq(lookup_beat),
+            append_buf.eq(lookup_buf),
+            append_last.eq(lookup_last),
+        ]
         window_in = append_valid & append_last
 
         lane_spike = []
         lane_step = []
         for k in range(K):
             activation = lut_ports[k].data
-            real_pixel = Const(1) if k < last_beat_lanes else ~append_last
+            real_pixel = Const(1) if k < last_beat_lanes else ~lookup_last
             spike = Signal(name=f"spike_{k}")
             step = Signal(step_width, name=f"step_{k}")
-            m.d.comb += [
-                spike.eq(append_valid & real_pixel & (activation != 0)),
+            m.d.sync += [
+                spike.eq(lookup_valid & real_pixel & (activation != 0)),
                 step.eq(T - activation),
             ]
             lane_spike.append(spike)
             lane_step.append(step)
 
-        # ---- Emitter state.
+        # ---- Emitter state, per lane and sublist.  `current` is the node
+        # emitted last (or the head, after a load) and `last` the sublist's
+        # tail.  Each sublist's next-pointer read is addressed by `current`
+        # and its data goes straight into `successor` every cycle (one
+        # register per buffer, nothing in between: a block RAM's output is
+        # slow, 5.8 ns on an ECP5, and may sit far from the logic).  After an
+        # emission the successor is there three cycles later (address, read,
+        # register), when `fresh` rises; the sublist's node is then
+        # `successor`.  With three sublists taking turns, no sublist emits
+        # again sooner.
         emitting = Signal()                       # a window is leaving
         step = Signal(step_width)                 # step being emitted
         load = Signal()                           # load the lists of `load_step` this cycle
+        # The step the next load reads: a counter, one up per load, so that it
+        # is a register when `load` is decided late in the cycle (after a
+        # window's last load, step T-1, it wraps to 0: T is a power of two).
         load_step = Signal(step_width)
+
+        def per_sublist(name, shape=1):
+            return [[Signal(shape, name=f"{name}_{k}_{sub}") for sub in range(R)] for k in range(K)]
+
+        sub_active = per_sublist("active")
+        current = per_sublist("current", beat_width)
+        last = per_sublist("last", beat_width)
+        pending = per_sublist("pending", 2)       # cycles since an emission (while 1, 2)
+        fresh = per_sublist("fresh")
+        # Reset-less: only read behind `fresh`, which reset clears; a reset
+        # would put a LUT between the block RAM and the register.
+        successor = [[[Signal(beat_width, name=f"successor_{k}_{sub}_{buf}", reset_less=True)
+                       for buf in range(2)] for sub in range(R)] for k in range(K)]
+        sub_node = per_sublist("node", beat_width)
+        turn = [Signal(range(R), name=f"turn_{k}") for k in range(K)]    # sublist whose node is next
         active = [Signal(name=f"active_{k}") for k in range(K)]
-        current = [Signal(beat_width, name=f"current_{k}") for k in range(K)]
-        last = [Signal(beat_width, name=f"last_{k}") for k in range(K)]
+        node = [Signal(beat_width, name=f"node_{k}") for k in range(K)]
         advance = [Signal(name=f"advance_{k}") for k in range(K)]
+        for k in range(K):
+            for sub in range(R):
+                m.d.comb += sub_node[k][sub].eq(
+                    Mux(fresh[k][sub], Mux(emit_buf, successor[k][sub][1], successor[k][sub][0]),
+                        current[k][sub]))
+            with m.Switch(turn[k]):
+                for sub in range(R):
+                    # The last sublist as the default: a complete case for Verilator's lint.
+                    with m.Case(sub) if sub < R - 1 else m.Default():
+                        m.d.comb += [active[k].eq(sub_active[k][sub]), node[k].eq(sub_node[k][sub])]
 
         # ---- Memory ports (the fill side and the emit side never use one buffer at once).
         for buf in range(2):
@@ -240,49 +318,78 @@ class InputEncoder(wiring.Component):
             emit_here = emit_buf == buf
             for k in range(K):
                 mems = lists[buf][k]
-                valid_fill = mems["valid"].bit_select(lane_step[k], 1)
+                fill_sub = mems["fill_turn"].word_select(lane_step[k], turn_width)
+                valid_fill = Signal(name=f"valid_fill_{buf}_{k}")
+                with m.Switch(fill_sub):
+                    for sub in range(R):
+                        with m.Case(sub) if sub < R - 1 else m.Default():
+                            m.d.comb += valid_fill.eq(mems["valid"][sub].bit_select(lane_step[k], 1))
                 tail_fill = mems["tail"].read_port(domain="comb")
-                valid_emit = mems["valid"].bit_select(load_step, 1)
-                head_emit = mems["head"].read_port(domain="comb")
-                tail_emit = mems["tail"].read_port(domain="comb")
-                next_emit = mems["next"].read_port(domain="comb")
                 head_write = mems["head"].write_port()
                 tail_write = mems["tail"].write_port()
                 next_write = mems["next"].write_port()
 
                 append = lane_spike[k] & fill_here
                 m.d.comb += [
-                    tail_fill.addr.eq(lane_step[k]),
-                    # Appending: link the old tail to this beat, or start the list.
+                    tail_fill.addr.eq(list_row(lane_step[k], fill_sub)),
+                    # Appending: link the sublist's old tail to this beat, or start it.
                     next_write.addr.eq(tail_fill.data),
                     next_write.data.eq(append_beat),
                     next_write.en.eq(append & valid_fill),
-                    head_write.addr.eq(lane_step[k]),
+                    head_write.addr.eq(list_row(lane_step[k], fill_sub)),
                     head_write.data.eq(append_beat),
                     head_write.en.eq(append & ~valid_fill),
-                    tail_write.addr.eq(lane_step[k]),
+                    tail_write.addr.eq(list_row(lane_step[k], fill_sub)),
                     tail_write.data.eq(append_beat),
                     tail_write.en.eq(append),
-                    # Emitting: read a step's list and clear it for the next image.
-                    head_emit.addr.eq(load_step),
-                    tail_emit.addr.eq(load_step),
-                    next_emit.addr.eq(current[k]),
                 ]
                 with m.If(append):
-                    m.d.sync += mems["valid"].bit_select(lane_step[k], 1).eq(1)
+                    for sub in range(R):
+                        with m.If(fill_sub == sub):
+                            m.d.sync += mems["valid"][sub].bit_select(lane_step[k], 1).eq(1)
+                    m.d.sync += mems["fill_turn"].word_select(lane_step[k], turn_width).eq(
+                        Mux(fill_sub == R - 1, 0, fill_sub + 1))
                 with m.Elif(load & emit_here):
-                    m.d.sync += mems["valid"].bit_select(load_step, 1).eq(0)
-                with m.If(load & emit_here):
-                    m.d.sync += [
-                        active[k].eq(valid_emit),
-                        current[k].eq(head_emit.data),
-                        last[k].eq(tail_emit.data),
+                    # Emitting: the step's lists are read and left empty for the next image.
+                    for sub in range(R):
+                        m.d.sync += mems["valid"][sub].bit_select(load_step, 1).eq(0)
+                    m.d.sync += mems["fill_turn"].word_select(load_step, turn_width).eq(0)
+
+                for sub in range(R):
+                    head_emit = mems["head"].read_port(domain="comb")
+                    tail_emit = mems["tail"].read_port(domain="comb")
+                    next_emit = mems["next"].read_port()     # synchronous: data one cycle later
+                    m.d.comb += [
+                        head_emit.addr.eq(list_row(load_step, sub)),
+                        tail_emit.addr.eq(list_row(load_step, sub)),
+                        next_emit.addr.eq(current[k][sub]),
                     ]
-                with m.Elif(advance[k] & emit_here):
-                    with m.If(current[k] == last[k]):
-                        m.d.sync += active[k].eq(0)
+                    m.d.sync += successor[k][sub][buf].eq(next_emit.data)
+                    with m.If(load & emit_here):
+                        m.d.sync += [
+                            sub_active[k][sub].eq(mems["valid"][sub].bit_select(load_step, 1)),
+                            current[k][sub].eq(head_emit.data),
+                            last[k][sub].eq(tail_emit.data),
+                        ]
+
+        for k in range(K):
+            for sub in range(R):
+                with m.If(pending[k][sub] == 1):
+                    m.d.sync += pending[k][sub].eq(2)
+                with m.If(pending[k][sub] == 2):
+                    m.d.sync += [pending[k][sub].eq(0), fresh[k][sub].eq(1)]
+                with m.If(advance[k] & (turn[k] == sub)):
+                    m.d.sync += [current[k][sub].eq(sub_node[k][sub]), fresh[k][sub].eq(0)]
+                    with m.If(sub_node[k][sub] == last[k][sub]):
+                        m.d.sync += sub_active[k][sub].eq(0)
                     with m.Else():
-                        m.d.sync += current[k].eq(next_emit.data)
+                        m.d.sync += pending[k][sub].eq(1)
+            with m.If(advance[k]):
+                m.d.sync += turn[k].eq(Mux(turn[k] == R - 1, 0, turn[k] + 1))
+            with m.If(load):
+                m.d.sync += turn[k].eq(0)
+                for sub in range(R):
+                    m.d.sync += [pending[k][sub].eq(0), fresh[k][sub].eq(0)]
 
         # ---- K-way merge: the smallest pixel index among the active lanes.
         neuron_width = bits_for(self.input_size - 1)
@@ -290,7 +397,7 @@ class InputEncoder(wiring.Component):
         lane_index = []
         for k in range(K):
             index = Signal(neuron_width, name=f"index_{k}")
-            m.d.comb += index.eq(current[k] * K + k)
+            m.d.comb += index.eq(node[k] * K + k)
             lane_index.append(index)
             candidates.append((active[k], index))
         while len(candidates) > 1:
@@ -313,25 +420,32 @@ class InputEncoder(wiring.Component):
             fire.eq(self.events.valid & self.events.ready),
         ]
         for k in range(K):
-            m.d.comb += advance[k].eq(fire & active[k] & (lane_index[k] == smallest))
+            chosen = Const(1) if K == 1 else lane_index[k] == smallest
+            m.d.comb += advance[k].eq(fire & active[k] & chosen)
 
         window_out = Signal()
         with m.If(~emitting):
-            with m.If(Mux(emit_buf, full[1], full[0])):
-                m.d.comb += [load.eq(1), load_step.eq(0)]
+            with m.If(Mux(emit_buf, filled[1], filled[0])):
+                m.d.comb += load.eq(1)
                 m.d.sync += [emitting.eq(1), step.eq(0)]
         with m.Elif(fire & ~any_active):
             with m.If(step == T - 1):
                 m.d.comb += window_out.eq(1)
                 m.d.sync += [emitting.eq(0), emit_buf.eq(~emit_buf)]
             with m.Else():
-                m.d.comb += [load.eq(1), load_step.eq(step + 1)]
+                m.d.comb += load.eq(1)
                 m.d.sync += step.eq(step + 1)
+        with m.If(load):
+            m.d.sync += load_step.eq(load_step + 1)
 
         for buf in range(2):
-            with m.If(window_in & (append_buf == buf)):
+            with m.If(accept & last_beat & (fill_buf == buf)):
                 m.d.sync += full[buf].eq(1)
             with m.Elif(window_out & (emit_buf == buf)):
                 m.d.sync += full[buf].eq(0)
+            with m.If(window_in & (append_buf == buf)):
+                m.d.sync += filled[buf].eq(1)
+            with m.Elif(window_out & (emit_buf == buf)):
+                m.d.sync += filled[buf].eq(0)
 
         return m

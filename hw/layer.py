@@ -106,10 +106,17 @@ class LanePort:
 class LaneMemory:
     """A memory of P-lane rows built as P narrow memories, one per lane, sharing addresses.
 
-    One write port and synchronous read ports (the first ``transparent_reads``
-    see a same-cycle write).  Per-lane memories map to per-lane RAMs (or
+    One write port and synchronous read ports; the first ``transparent_reads``
+    see a same-cycle write.  Per-lane memories map to per-lane RAMs (or
     registers when shallow) and keep every port narrow: amaranth.sim cannot
     compile a single write port thousands of bits wide (340 lanes of 16 bits).
+
+    Transparency is built here, not asked of the memory: every read is
+    read-first, so an FPGA LUT-RAM registers its *data* (a transparent read
+    is mapped as a registered address in front of the RAM, which leaves the
+    RAM's read and output mux in the next cycle's logic), and a read that
+    collides with the write takes the written value from a forwarding
+    register instead.
     """
 
     def __init__(self, m: Module, name: str, layout: data.ArrayLayout, depth: int,
@@ -117,6 +124,8 @@ class LaneMemory:
         self.write = LanePort(f"{name}_wr", layout, depth, enabled=False)
         self.reads = [LanePort(f"{name}_rd{index}", layout, depth, enabled=True)
                       for index in range(transparent_reads + plain_reads)]
+        memory_data = [Signal(layout, name=f"{name}_rd{index}_memory")
+                       for index in range(transparent_reads + plain_reads)]
         for lane in range(layout.length):
             memory = Memory(shape=layout.elem_shape, depth=depth, init=[])
             m.submodules[f"{name}_{lane}"] = memory
@@ -126,14 +135,25 @@ class LaneMemory:
                 write_port.en.eq(self.write.en),
                 write_port.data.eq(self.write.data[lane]),
             ]
-            for index, read in enumerate(self.reads):
-                transparent_for = (write_port,) if index < transparent_reads else ()
-                read_port = memory.read_port(transparent_for=transparent_for)
+            for read, data_out in zip(self.reads, memory_data):
+                read_port = memory.read_port()
                 m.d.comb += [
                     read_port.addr.eq(read.addr),
                     read_port.en.eq(read.en),
-                    read.data[lane].eq(read_port.data),
+                    data_out[lane].eq(read_port.data),
                 ]
+        for index, (read, data_out) in enumerate(zip(self.reads, memory_data)):
+            if index >= transparent_reads:
+                m.d.comb += read.data.eq(data_out)
+                continue
+            collided = Signal(name=f"{name}_rd{index}_collided")
+            forwarded = Signal(layout, name=f"{name}_rd{index}_forwarded")
+            with m.If(read.en):
+                m.d.sync += [
+                    collided.eq(self.write.en & (self.write.addr == read.addr)),
+                    forwarded.eq(self.write.data),
+                ]
+            m.d.comb += read.data.eq(Mux(collided, forwarded, data_out))
 
 
 class Integrator(wiring.Component):
@@ -167,12 +187,14 @@ class Integrator(wiring.Component):
     -----
     inp : In(event_signature(T, inputs))
         Windows of input events.  Each beat (spike or tick) takes G cycles;
-        ``ready`` is low while a beat's groups are issued, for two cycles
-        when a window closes (its closing group in the read and write stages), while no free bank is left, and during the
-        G-cycle clearing pass after reset.
+        ``ready`` is low while a beat's groups are issued, for four cycles
+        when a window closes (its closing group in the address, fetch, read
+        and write stages), while no free bank is left, and during the G-cycle clearing
+        pass after reset.
     window_ready : Out(1)
-        A closed window waits in the drain bank (from 3 cycles after the
-        closing tick's last group was issued: the weight row is read,
+        A closed window waits in the drain bank (from 5 cycles after the
+        closing tick's last group was issued: the row is registered, the
+        weight banks are read and registered, the bank wanted is chosen and
         registered, then added).
     drain_group : In(range(G)), drain_en : In(1)
         Synchronous read of a group of the drain bank (data the next cycle;
@@ -258,7 +280,7 @@ class Integrator(wiring.Component):
         issue_first = Signal()
         issue_last = Signal()
 
-        # Write stage: two cycles after an issue, when the reads have arrived.
+        # Write stage: four cycles after an issue, when the reads have arrived.
         write_valid = Signal()
         write_group = Signal(range(groups))
         write_tick = Signal()
@@ -269,7 +291,7 @@ class Integrator(wiring.Component):
 
         window_closing = Signal()
         m.d.comb += window_closing.eq(write_valid & write_closes)
-        closing_read = Signal()              # the closing group is in the read stage
+        closing_pending = Signal()           # the closing group is in the address, fetch or read stage
 
         # Clearing pass, the reset state: the slopes are a memory, which `rst`
         # does not clear, and a reset in the middle of a window leaves partial
@@ -281,7 +303,7 @@ class Integrator(wiring.Component):
 
         inp = self.inp
         m.d.comb += inp.ready.eq(~clearing & ~busy & ~full.bit_select(integrate_bank, 1)
-                                 & ~closing_read & ~window_closing)
+                                 & ~closing_pending & ~window_closing)
         with m.If(busy):
             m.d.comb += [
                 issue.eq(1),
@@ -314,63 +336,75 @@ class Integrator(wiring.Component):
             if banks == 2:
                 with m.If(closes):
                     m.d.sync += integrate_bank.eq(~integrate_bank)
-        # Read stage, the cycle after an issue: the weight row arrives and is
-        # registered (the weight ROM is many block RAMs whose output mux and
-        # routing would otherwise sit in front of the slope adders); the
-        # slope, potential and bias reads are issued now, so that they still
-        # land one cycle before their write (the transparency the G = 1 case
-        # relies on is unchanged).
-        read_valid = Signal()
-        read_group = Signal(range(groups))
-        read_tick = Signal()
-        read_first = Signal()
-        read_last = Signal()
-        read_bank = Signal()
-        read_closes = Signal()
+        # Address stage, the cycle after an issue: the row is registered and
+        # drives the weight ROM's address (the ROM is dozens of block RAMs
+        # spread over the die; a row computed from the input beat in the same
+        # cycle would not reach them at 100 MHz).  Fetch stage: the banks'
+        # words arrive (a block RAM's output is slow, 5.8 ns on an ECP5, so
+        # each bank's word goes straight into a register).  Read stage: the
+        # bank of the row wanted is chosen from those registers into one
+        # more register (the mux over up to ~10 banks and its fan-out would
+        # otherwise sit in front of the slope adders), and the slope,
+        # potential and bias reads are issued, so that they land one cycle
+        # before their write (the transparency the G = 1 case relies on).
+        # Write stage: the adders.
+        def stage_signals(name):
+            return {field: Signal(shape, name=f"{name}_{field}") for field, shape in (
+                ("valid", 1), ("group", range(groups)), ("tick", 1), ("first", 1), ("last", 1),
+                ("bank", 1), ("closes", 1))}
+
+        address, fetch, read = stage_signals("address"), stage_signals("fetch"), stage_signals("read")
         m.d.sync += [
-            read_valid.eq(issue),
-            read_group.eq(issue_group),
-            read_tick.eq(issue_tick),
-            read_first.eq(issue_first),
-            read_last.eq(issue_last),
-            read_bank.eq(integrate_bank),
-            read_closes.eq(closes),
+            address["valid"].eq(issue),
+            address["group"].eq(issue_group),
+            address["tick"].eq(issue_tick),
+            address["first"].eq(issue_first),
+            address["last"].eq(issue_last),
+            address["bank"].eq(integrate_bank),
+            address["closes"].eq(closes),
         ]
+        m.d.sync += [fetch[field].eq(address[field]) for field in fetch]
+        m.d.sync += [read[field].eq(fetch[field]) for field in read]
+        address_row = Signal.like(issue_row)
+        m.d.sync += address_row.eq(issue_row)
         bank_bits = max(0, (len(weight_banks) - 1).bit_length())
-        bank_rows = [Signal(weight_layout.size, name=f"weight_bank{bank}_row")
+        # Reset-less (only read behind a valid stage): a reset would put a
+        # LUT between each block RAM and its register.
+        bank_rows = [Signal(weight_layout.size, name=f"weight_bank{bank}_row", reset_less=True)
                      for bank in range(len(weight_banks))]
-        read_bank_select = Signal(max(1, bank_bits))
-        write_bank_select = Signal.like(read_bank_select)
+        fetch_bank_select = Signal(max(1, bank_bits))
+        read_bank_select = Signal.like(fetch_bank_select)
         for port, row in zip(weight_banks, bank_rows):
-            m.d.comb += port.addr.eq(issue_row)      # truncated to the bank's rows
+            m.d.comb += port.addr.eq(address_row)    # truncated to the bank's rows
             m.d.sync += row.eq(port.data)
         if bank_bits:
-            m.d.sync += [read_bank_select.eq(issue_row >> WEIGHT_BANK_ROWS.bit_length() - 1),
-                         write_bank_select.eq(read_bank_select)]
-        weight_data = Signal(weight_layout)
-        with m.Switch(write_bank_select):
+            m.d.sync += [fetch_bank_select.eq(address_row >> WEIGHT_BANK_ROWS.bit_length() - 1),
+                         read_bank_select.eq(fetch_bank_select)]
+        weight_chosen = Signal(weight_layout)
+        with m.Switch(read_bank_select):
             for bank, row in enumerate(bank_rows[:-1]):
                 with m.Case(bank):
-                    m.d.comb += weight_data.eq(row)
+                    m.d.comb += weight_chosen.eq(row)
             with m.Default():                        # the last bank (a complete case for lint)
-                m.d.comb += weight_data.eq(bank_rows[-1])
+                m.d.comb += weight_chosen.eq(bank_rows[-1])
+        weight_row = Signal(weight_layout)
+        m.d.sync += weight_row.eq(weight_chosen)
         m.d.comb += [
-            bias_rd.addr.eq(read_group),
-            slope_rd.addr.eq(read_group),
-            potential_rd.addr.eq(bank_row(read_group, read_bank)),
+            bias_rd.addr.eq(read["group"]),
+            slope_rd.addr.eq(read["group"]),
+            potential_rd.addr.eq(bank_row(read["group"], read["bank"])),
         ]
         m.d.sync += [
-            write_valid.eq(read_valid),
-            write_group.eq(read_group),
-            write_tick.eq(read_tick),
-            write_first.eq(read_first),
-            write_last.eq(read_last),
-            write_bank.eq(read_bank),
-            write_closes.eq(read_closes),
+            write_valid.eq(read["valid"]),
+            write_group.eq(read["group"]),
+            write_tick.eq(read["tick"]),
+            write_first.eq(read["first"]),
+            write_last.eq(read["last"]),
+            write_bank.eq(read["bank"]),
+            write_closes.eq(read["closes"]),
         ]
-
-        weight_row = weight_data
-        m.d.comb += closing_read.eq(read_valid & read_closes)
+        m.d.comb += closing_pending.eq(Cat(stage["valid"] & stage["closes"]
+                                           for stage in (address, fetch, read)).any())
         bias_row = bias_layout(bias_rd.data)
         m.d.comb += [
             slope_wr.addr.eq(write_group),
@@ -467,10 +501,11 @@ class LayerEngine(wiring.Component):
     Latency and throughput (cycles, with ``out`` always ready)
     ----------------------------------------------------------
     - Integration: G cycles per input beat (spike or tick), so
-      (E + T) * G for a window of E input spikes; two extra cycles of
+      (E + T) * G for a window of E input spikes; four extra cycles of
       ``inp.ready`` low when a window closes.
-    - Firing starts 3 cycles after the closing tick's last group was issued;
-      the first output beat follows 2 cycles later.
+    - Firing starts 5 cycles after the closing tick's last group was issued;
+      the first output beat follows 3 cycles later (the group read, its
+      spikes decided into the mask register, then emitted).
     - Firing a window: per step, each group takes max(1, spikes in it)
       cycles and the tick one more, i.e. E_out + T cycles when G = 1 and at
       most E_out + T * G in general.
@@ -535,8 +570,22 @@ class LayerEngine(wiring.Component):
         emit_base = Signal.like(fire_base)
         emit_step = Signal.like(fire_step)
 
+        # Registered facts about emit_mask, so that whether the emitter frees
+        # up (and the group read behind it moves) is decided from registers,
+        # not from the mask's carry chains: any spike left, and at most one.
+        has_spike = Signal()
+        one_left = Signal()
+
+        def at_most_one(mask):
+            # A tree of (any, several) pairs: log2(P) small levels, no carry chain.
+            nodes = [(mask[lane], Const(0, 1)) for lane in range(len(mask))]
+            while len(nodes) > 1:
+                paired = [(a_any | b_any, a_many | b_many | (a_any & b_any))
+                          for (a_any, a_many), (b_any, b_many) in zip(nodes[0::2], nodes[1::2])]
+                nodes = paired + ([nodes[-1]] if len(nodes) % 2 else [])
+            return ~nodes[0][1]
+
         lane_index, mask_rest = lowest_set_bit(m, emit_mask)
-        has_spike = emit_mask.any()
         out = self.out
         m.d.comb += [
             out.valid.eq(has_spike | emit_tick),
@@ -545,32 +594,54 @@ class LayerEngine(wiring.Component):
             out.payload.neuron.eq(Mux(has_spike, emit_base + lane_index, 0)),
         ]
         emit_free = Signal()
-        m.d.comb += emit_free.eq(~out.valid | (out.ready & Mux(has_spike, (mask_rest == 0) & ~emit_tick, 1)))
+        m.d.comb += emit_free.eq(~out.valid | (out.ready & Mux(has_spike, one_left & ~emit_tick, 1)))
         with m.If(out.valid & out.ready):
             with m.If(has_spike):
-                m.d.sync += emit_mask.eq(mask_rest)
+                m.d.sync += [emit_mask.eq(mask_rest), has_spike.eq(~one_left), one_left.eq(at_most_one(mask_rest))]
             with m.Else():
                 m.d.sync += emit_tick.eq(0)
 
+        # Mask stage: the group's firing decisions, registered (the compares
+        # and then the mask's own flags would not fit one 100 MHz cycle).
         fire_mask = Signal(lanes)
         for lane in range(lanes):
             quotient = integrator.drain_data[lane] >> layer.ramp_shift   # floor((V + Bias) / R)
             m.d.comb += fire_mask[lane].eq(
                 Mux(slot_first, quotient >= steps, quotient == slot_remaining))
+        mask_valid = Signal()
+        mask_bits = Signal(lanes)
+        mask_tick = Signal()
+        mask_base = Signal.like(fire_base)
+        mask_step = Signal.like(fire_step)
         load = Signal()
-        m.d.comb += load.eq(slot_valid & emit_free)
+        take = Signal()
+        m.d.comb += [
+            load.eq(mask_valid & emit_free),
+            take.eq(slot_valid & (~mask_valid | load)),
+        ]
+        with m.If(~mask_valid | load):
+            m.d.sync += mask_valid.eq(slot_valid)
+        with m.If(take):
+            m.d.sync += [
+                mask_bits.eq(fire_mask),
+                mask_tick.eq(slot_last_group),
+                mask_base.eq(slot_base),
+                mask_step.eq(slot_step),
+            ]
         with m.If(load):
             m.d.sync += [
-                emit_mask.eq(fire_mask),
-                emit_tick.eq(slot_last_group),
-                emit_base.eq(slot_base),
-                emit_step.eq(slot_step),
+                emit_mask.eq(mask_bits),
+                has_spike.eq(mask_bits.any()),
+                one_left.eq(at_most_one(mask_bits)),
+                emit_tick.eq(mask_tick),
+                emit_base.eq(mask_base),
+                emit_step.eq(mask_step),
             ]
 
         slot_free = Signal()
         read = Signal()
         m.d.comb += [
-            slot_free.eq(~slot_valid | load),
+            slot_free.eq(~slot_valid | take),
             read.eq(integrator.window_ready & slot_free),
             integrator.drain_en.eq(slot_free),
             integrator.drain_group.eq(fire_group),

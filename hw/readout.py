@@ -52,7 +52,7 @@ class Readout(wiring.Component):
         register width from ``sim.golden.potential_bounds`` (:attr:`logit_bits`).
 
     Latency (cycles): integration takes G per input beat, (E + T) * G per
-    window.  The result is valid G + 4 + :func:`argmax_levels` (P) cycles
+    window.  The result is valid G + 6 + :func:`argmax_levels` (P) cycles
     after the closing tick's last group was issued (the argmax compares one
     tree level per cycle).  A single potential bank is used: the next window's
     input is accepted once the G reads are done, and the result register is

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from hw.bitstream import (
-    _utilisation_from_log, build_board, ecp5_pll_dividers, fit_check, nextpnr_counts, xilinx_counts,
+    NAME, _utilisation_from_log, build_board, ecp5_pll_dividers, fit_check, nextpnr_counts, tool_errors,
+    xilinx_counts,
 )
 from hw.boards import BOARDS, get_board
 from hw.errors import HardwareError
@@ -87,6 +88,15 @@ def test_nextpnr_counts_and_log_fallback():
     assert _utilisation_from_log("no such lines", "ice40") is None
 
 
+def test_tool_errors_come_from_the_tools_own_logs(tmp_path):
+    """yosys logs to NAME.rpt and nextpnr to NAME.tim; a failed build names their ERROR lines."""
+    assert tool_errors(tmp_path) == []
+    (tmp_path / f"{NAME}.rpt").write_text("2.46 ABC9\nERROR: Assert `GetSize(a) == GetSize(b)' failed\n")
+    (tmp_path / f"{NAME}.tim").write_text("Info: placing\nERROR: Unable to place cell 'x'\n")
+    assert tool_errors(tmp_path) == [f"{NAME}.rpt: ERROR: Assert `GetSize(a) == GetSize(b)' failed",
+                                     f"{NAME}.tim: ERROR: Unable to place cell 'x'"]
+
+
 def test_arty_vivado_tree(tmp_path):
     """The Vivado tree: build script, constraints with the 100 MHz clock and the UART pins."""
     bundle = load_bundle(SMALL_BUNDLE)
@@ -133,6 +143,7 @@ def test_ulx3s_bitstream_for_a_small_bundle(tmp_path):
     assert bitstream.is_file() and bitstream.stat().st_size > 100_000
     assert report["clock_mhz"] == 100 and report["board_clock_mhz"] == 25
     assert "Derived frequency constraint of 100.0 MHz" in (out / "ttfs.tim").read_text()
-    assert report["timing_met"] == (report["fmax_mhz"] >= 100)
-    assert report["fmax_mhz"] > 50
+    # Yosys and nextpnr are deterministic for a given design, so this is the
+    # Fmax every build of this commit gets; a change that loses timing fails here.
+    assert report["timing_met"] is True and report["fmax_mhz"] >= 100
     assert 0 < report["lut"] < report["budget"]["lut"] and report["ff"] > 0 and report["bram"] > 0

@@ -69,18 +69,19 @@ def test_fewer_input_spikes_take_fewer_cycles():
     # A silent input costs only the input beats, T ticks and the pipeline (the
     # hidden layer may still fire from its biases).
     hidden_spikes = int(np.count_nonzero(golden.run(bundle, silent).activations[1]))
-    # The readout's 4 classes on 4 lanes: an argmax tree of 2 levels.
-    assert measured[2] == 8 + 2 + (16 + 4) + (hidden_spikes + 16) + 1 + 4 + 2
+    # A one-cycle register slice in front of each layer; the readout's 4
+    # classes on 4 lanes: an argmax tree of 2 levels.
+    assert measured[2] == 8 + 3 + 1 + (16 + 7) + 1 + (hidden_spikes + 16) + 1 + 6 + 2
 
 
 def test_model_interval_and_checks():
     bundle = random_bundle(3, sizes=(784, 340, 10), input_shape=(1, 28, 28), time_steps=16,
                            weight_bits=5, lut="default")
     prediction = predict_cycles(bundle, 340, 16, [150, 100])
-    # 49 beats + 2, encoder window 166, 4 to fire, 116 fired, readout 1 + 4,
-    # argmax of 10 lanes in 4 levels.
-    assert prediction.latency == 49 + 2 + 166 + 4 + 116 + 1 + 4 + 4
-    assert prediction.interval == 168                          # layer 1 takes the window + 2 closing cycles
+    # 49 beats + 3, link, encoder window 166, 7 to fire, link, 116 fired,
+    # readout 1 + 6, argmax of 10 lanes in 4 levels.
+    assert prediction.latency == 49 + 3 + 1 + 166 + 7 + 1 + 116 + 1 + 6 + 4
+    assert prediction.interval == 170                          # layer 1 takes the window + 4 closing cycles
     assert prediction.trace_interval == 150 + 16 + 100 + 16     # one trace beat per cycle
     with pytest.raises(HardwareError, match="spike_counts: 1 values"):
         predict_cycles(bundle, 340, 16, [150])

@@ -135,9 +135,37 @@ def test_encoder_cycles_are_event_driven_and_double_buffered():
         # Beats accepted in cycles 0..beats-1, the last appended in cycle
         # `beats`, step 0 loaded in cycle beats+1, then the windows (load,
         # spikes, ticks) back to back; `cycles` counts up to the last tick.
-        assert cycles == beats + 1 + sum(windows)
+        assert cycles == beats + 2 + sum(windows)
         totals[zero_fraction] = cycles
     assert totals[0.9] < totals[0.2]
+
+
+@pytest.mark.parametrize("pixels_per_beat", [1, 2])
+def test_encoder_long_lists_emit_a_spike_every_cycle(pixels_per_beat):
+    """Long lists walked at full speed: every step's list is two interleaved
+    sublists whose next-pointers are read a cycle ahead, and the walk must
+    still emit one spike per cycle (1 + spikes + T per window) whatever the
+    list lengths: one step holding every pixel, then lists of every length
+    from 1 to 7 and one of 20."""
+    time_steps = 8
+    rng = np.random.default_rng(11)
+    bundle = random_bundle(rng, sizes=(48, 4), input_shape=(1, 6, 8), time_steps=time_steps,
+                           lut="default")
+    lut = np.asarray(bundle.lut[0])
+    value_of = {int(a): v for v, a in reversed(list(enumerate(lut)))}   # a pixel value per activation
+    every_pixel_one_step = np.full(48, value_of[time_steps])
+    # Lists of every length 1..7 and one of 20, shuffled over the pixels.
+    lengths = [1, 2, 3, 4, 5, 6, 7, 20]
+    mixed = rng.permutation(np.repeat([value_of[a] for a in range(1, time_steps + 1)], lengths))
+    images = np.stack([every_pixel_one_step, mixed, every_pixel_one_step]).reshape(3, 1, 6, 8)
+    spikes = np.count_nonzero(golden.encode(bundle, images.astype(np.uint8)), axis=1)
+    assert spikes.tolist() == [48, 48, 48]
+    received, cycles = run_encoder(bundle, images.astype(np.uint8), pixels_per_beat, rng)
+    assert received == expected_windows(bundle, images.astype(np.uint8))
+    beats = beats_per_image(bundle.input_size, pixels_per_beat)
+    windows = [1 + int(s) + time_steps for s in spikes]
+    assert min(windows) >= beats
+    assert cycles == beats + 2 + sum(windows)
 
 
 def test_encoder_silent_image_is_ticks_only():

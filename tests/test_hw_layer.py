@@ -278,7 +278,7 @@ def test_layer_cycle_model(lanes):
     ready, G = ceil(N / P):
     - integration of a window (first beat accepted to the closing tick's
       last group issued, inclusive) = (E_in + T) * G cycles;
-    - firing: the window's last output beat comes at most E_out + T * G + 3
+    - firing: the window's last output beat comes at most E_out + T * G + 6
       cycles after its integration ended (or after the previous window's
       last beat, when that is later).
     """
@@ -300,7 +300,7 @@ def test_layer_cycle_model(lanes):
         first_output += spikes_out + steps
         last_output = run.received[first_output - 1][0]
         firing = last_output - max(integration_end, previous_last_output)
-        assert firing <= spikes_out + steps * groups + 3
+        assert firing <= spikes_out + steps * groups + 6
         previous_last_output = last_output
 
 

@@ -111,7 +111,7 @@ def test_readout_logit_width_is_the_golden_register_width():
 
 @pytest.mark.parametrize("lanes", [1, 4, 10])
 def test_readout_latency(lanes):
-    """Integration (E + T) * G cycles; the result beat at most G + 4 + ceil(log2 P) cycles after it."""
+    """Integration (E + T) * G cycles; the result beat at most G + 6 + ceil(log2 P) cycles after it."""
     bundle, result = readout_case(16, 12, 10, 16, 6)
     steps = bundle.time_steps
     groups = LaneGeometry.of(10, lanes).groups
@@ -124,7 +124,7 @@ def test_readout_latency(lanes):
         first_beat += spikes + steps
         integration_end = accepted[-1] + groups
         assert integration_end - accepted[0] == (spikes + steps) * groups
-        assert run.received[image][0] - integration_end <= groups + 4 + argmax_levels(min(lanes, 10))
+        assert run.received[image][0] - integration_end <= groups + 6 + argmax_levels(min(lanes, 10))
 
 
 @pytest.mark.parametrize("seed, lanes", [(71, 1), (72, 3), (73, 10)])
