@@ -32,6 +32,7 @@ from amaranth.lib.cdc import ResetSynchronizer
 
 from hw.boards import Board
 from hw.errors import HardwareError
+from sim.reports import write_json
 
 NAME = "ttfs"
 LOG_TAIL_LINES = 20
@@ -273,15 +274,15 @@ def build_board(board: Board, bundle, bundle_path: str, lanes: int, out: Path, p
     ``estimate=False`` skips the (slow) yosys estimate of a Xilinx board and
     writes only the Vivado tree; the counts and ``fits`` are then None.
     """
-    out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    top = PlatformTop(board, bundle, lanes)
+    top = PlatformTop(board, bundle, lanes)        # checks the parameters before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     if board.family == "xilinx7":
         report = _build_xilinx(board, bundle, bundle_path, lanes, top, out, progress, estimate)
     else:
         report = _build_nextpnr(board, bundle_path, lanes, top, out, progress)
     report["seconds"] = round(time.monotonic() - start, 1)
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_json(out / "report.json", report, what="report")
     return report
 
 

@@ -188,14 +188,10 @@ def check_pool(channels: int, size: int, input_size: Sequence[int]) -> tuple[int
     return height // size, width // size
 
 
-class TTFSMaxPool2d(nn.Module):
-    """Max pooling in spike time: the earliest spike of each size x size block.
-
-    Min over spike times is max over activations; the output stays in the
-    input's window.  Channels flagged in the ``min_channels`` buffer take the
-    latest spike instead (min over activations), which keeps a folded
-    negative batch-norm scale exact.
-    """
+class _BlockPool(nn.Module):
+    """What the spiking pool and its ReLU twin share: the size x size blocks of
+    ``channels`` maps of ``input_size``, and the ``min_channels`` buffer that
+    flags channels pooled the other way (a folded negative batch-norm scale)."""
 
     def __init__(self, channels: int, input_size: Sequence[int], size: int = 2) -> None:
         super().__init__()
@@ -205,12 +201,22 @@ class TTFSMaxPool2d(nn.Module):
         self.input_size = tuple(input_size)
         self.register_buffer("min_channels", torch.zeros(channels, dtype=torch.bool))
 
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, size={self.size}, input_size={self.input_size}"
+
+
+class TTFSMaxPool2d(_BlockPool):
+    """Max pooling in spike time: the earliest spike of each size x size block.
+
+    Min over spike times is max over activations; the output stays in the
+    input's window.  Channels flagged in the ``min_channels`` buffer take the
+    latest spike instead (min over activations), which keeps a folded
+    negative batch-norm scale exact.
+    """
+
     def forward(self, t_in: torch.Tensor) -> torch.Tensor:
         # Earliest spike = -max(-t); latest spike (min activation) = max(t).
         return -_max_or_min_pool(-t_in, self.size, self.min_channels)
-
-    def extra_repr(self) -> str:
-        return f"channels={self.channels}, size={self.size}, input_size={self.input_size}"
 
 
 class TTFSFlatten(nn.Module):
@@ -243,22 +249,11 @@ class BorderBiasConv2d(nn.Conv2d):
         return super().forward(x) + self.border_bias
 
 
-class SignedMaxPool2d(nn.Module):
+class SignedMaxPool2d(_BlockPool):
     """Max pooling, or min pooling on the channels flagged in ``min_channels``: the ReLU twin of TTFSMaxPool2d."""
-
-    def __init__(self, channels: int, input_size: Sequence[int], size: int = 2) -> None:
-        super().__init__()
-        self.output_size = check_pool(channels, size, input_size)
-        self.channels = channels
-        self.size = size
-        self.input_size = tuple(input_size)
-        self.register_buffer("min_channels", torch.zeros(channels, dtype=torch.bool))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _max_or_min_pool(x, self.size, self.min_channels)
-
-    def extra_repr(self) -> str:
-        return f"channels={self.channels}, size={self.size}, input_size={self.input_size}"
 
 
 #: Layers that fire and own a coding window.

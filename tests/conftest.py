@@ -33,3 +33,16 @@ def small_images(rng, small_bundle) -> np.ndarray:
 def bundle_dir(tmp_path, small_bundle) -> Path:
     """``small_bundle`` saved under tmp_path/bundle."""
     return save_bundle(small_bundle, tmp_path / "bundle")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test: small tensors run fastest so, and two
+    threads contend badly on a shared 2-core machine.  (torch is imported here,
+    not at the top, so that tests without torch do not pay for importing it.)"""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -5,21 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from sw import cli
 
 
 @pytest.fixture(autouse=True)
-def train_commands_only(monkeypatch):
+def train_commands_only(monkeypatch, one_torch_thread):
     """Build the ``ttfs`` parser from this issue's module only, so these tests
     do not depend on the other subcommands; one torch thread for tiny networks."""
     assert "sw.cli_train" in cli.COMMAND_MODULES
     monkeypatch.setattr(cli, "COMMAND_MODULES", ("sw.cli_train",))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:

@@ -20,13 +20,7 @@ from sw.ttfs import TTFSDense
 DTYPE = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small float64 convolutions run fastest on one thread; two contend badly on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_images(count: int, shape: tuple[int, int, int], seed: int) -> torch.Tensor:

@@ -23,13 +23,7 @@ from sw import models, training, vgg
 DTYPE = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small float64 convolutions run fastest on one thread; two contend badly on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def quadrant_task(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,13 +20,7 @@ DTYPE = torch.float64
 INPUT_NORM = ((0.3, 0.5), (0.2, 0.4))
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small float64 convolutions run fastest on one thread; two contend badly on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def randomize_batch_norms(network: nn.Module, seed: int, negative: bool) -> None:

@@ -11,13 +11,7 @@ from sim.errors import TTFSError
 from sw import bench_epoch, models, training
 
 
-@pytest.fixture(autouse=True)
-def single_torch_thread():
-    """Tiny tensors: one thread is fastest and keeps timings steady on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class UntrustedPayload:

@@ -17,13 +17,7 @@ from sw.ttfs import Alpha1Dense, TTFSDense
 DTYPE = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def single_torch_thread():
-    """Tiny tensors: one thread is fastest and keeps timings steady on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 DEPTH_SIZES = {
     1: [30, 24, 6],
     2: [30, 24, 16, 6],
