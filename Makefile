@@ -26,10 +26,11 @@ help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
 	  awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# Everything (every extra, the test tools), at the versions constraints.txt pins.
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[all,dev]'
 	@touch $@
 
 venv: $(STAMP) ## create or update the virtual environment in .venv
@@ -42,8 +43,9 @@ bitstream: $(STAMP) ## build a board's bitstream or Vivado tree and check the fi
 	$(BIN)/ttfs bitstream $(BOARD) $(if $(filter command line,$(origin BUNDLE)),--bundle $(BUNDLE)) \
 	  $(if $(filter command line,$(origin LANES)),--lanes $(LANES))
 
-test: $(STAMP) ## run the test suite (what CI runs)
-	$(BIN)/python -m pytest -n $(JOBS) -m "not slow" --junitxml=build/test-results.xml
+test: $(STAMP) ## run the test suite (what CI runs): the import-layer contracts, then pytest
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadgroup -m "not slow" --junitxml=build/test-results.xml
 
 test-slow: $(STAMP) ## run only the long tests marked slow
 	$(BIN)/python -m pytest -n $(JOBS) -m slow

@@ -8,9 +8,9 @@ pixels -> InputEncoder -> | -> [tap 0] -> LayerEngine 1 -> | -> [tap 1] -> ... -
                                           +--> trace
 ```
 
-Every block talks the event protocol of :mod:`hw.events` over
+Every block talks the event protocol of :mod:`ttfs.hw.events` over
 ``amaranth.lib.stream`` handshakes, each link through a
-:class:`hw.register_slice.RegisterSlice` (``|`` above; one cycle), so the
+:class:`ttfs.hw.register_slice.RegisterSlice` (``|`` above; one cycle), so the
 layers overlap by construction:
 layer n+1 integrates layer n's window while layer n fires it, and the encoder
 takes the next image in while the previous one's window leaves.
@@ -34,43 +34,27 @@ beat takes to reach it (at least B + 3 cycles for layer 1).
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, signed, unsigned
+from amaranth import Module, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
-
-from hw.encoder import InputEncoder, beats_per_image, pixel_signature
-from hw.errors import HardwareError
-from hw.events import bits_for
-from hw.layer import LayerEngine
-from hw.readout import Readout
-from hw.register_slice import RegisterSlice
-from hw.trace import TraceMerge, TraceTap, trace_layout
-from sim.bundle import validate
-from sim.golden import potential_bounds
+from ttfs.contract.bundle import validate
+from ttfs.contract.errors import TTFSError
+from ttfs.contract.streams import beats_per_image
+from ttfs.hw.encoder import InputEncoder, pixel_signature
+from ttfs.hw.errors import HardwareError
+from ttfs.hw.layer import LayerEngine
+from ttfs.hw.readout import Readout, result_layout
+from ttfs.hw.register_slice import RegisterSlice
+from ttfs.hw.trace import TraceMerge, TraceTap, trace_layout
+from ttfs.hw.unused import mark_unused
 
 CYCLE_BITS = 32
 
 
-def result_layout(bundle) -> data.StructLayout:
-    """Payload of the result stream: class, logits (readout register width), cycles."""
-    outputs = bundle.readout.outputs
-    logit_bits = potential_bounds(bundle)[-1].bits
-    return data.StructLayout({
-        "cls": bits_for(outputs - 1),
-        "logits": data.ArrayLayout(signed(logit_bits), outputs),
-        "cycles": unsigned(CYCLE_BITS),
-    })
-
-
-def spiking_widths(bundle) -> list[int]:
-    """Widths of the spiking layers: the encoder (layer 0), then every hidden layer."""
-    return [bundle.input_size] + [layer.outputs for layer in bundle.hidden_layers]
-
-
 def network_trace_layout(bundle) -> data.StructLayout:
     """Payload of the trace stream of a core built from ``bundle``."""
-    widths = spiking_widths(bundle)
+    widths = bundle.spiking_widths
     return trace_layout(bundle.time_steps, len(widths), max(widths))
 
 
@@ -79,7 +63,7 @@ class NetworkCore(wiring.Component):
 
     Parameters
     ----------
-    bundle : sim.bundle.Bundle
+    bundle : ttfs.contract.bundle.Bundle
         Any bundle the contract allows.
     lanes : int
         P: each layer integrates ``min(P, outputs)`` neurons in parallel.
@@ -93,8 +77,9 @@ class NetworkCore(wiring.Component):
     -----
     pixels : In(stream of ArrayLayout(8, K))
         Images in contract order, ``ceil(C*H*W / K)`` beats each.
-    result : Out(stream of ``result_layout(bundle)``)
-        One beat per image, in image order.
+    result : Out(stream of :func:`ttfs.hw.readout.result_layout` with ``cycles``)
+        One beat per image, in image order: the readout's class and logits
+        and the image's ``cycles`` (``CYCLE_BITS`` wide).
     trace : Out(stream of ``network_trace_layout(bundle)``), when ``trace``
         Layer windows tagged with the layer (0 = encoder); within one layer
         the canonical order, layers interleaved.
@@ -103,13 +88,16 @@ class NetworkCore(wiring.Component):
     def __init__(self, bundle, lanes: int, pixels_per_beat: int = 1, trace: bool = True):
         try:
             self._configure(bundle, lanes, pixels_per_beat, trace)
-        except HardwareError:
-            # Never built: keep amaranth from warning that it was never elaborated.
-            self._MustUse__used = True
+        except TTFSError:
+            # Refused: neither the core nor the blocks built before the refusal are elaborated.
+            for block in [self, getattr(self, "encoder", None), *getattr(self, "engines", [])]:
+                if block is not None:
+                    mark_unused(block)
             raise
+        result = result_layout(bundle.readout.outputs, self.readout.logit_bits, cycle_bits=CYCLE_BITS)
         members = {
             "pixels": In(pixel_signature(pixels_per_beat)),
-            "result": Out(stream.Signature(result_layout(bundle))),
+            "result": Out(stream.Signature(result)),
         }
         if trace:
             members["trace"] = Out(stream.Signature(network_trace_layout(bundle)))
@@ -125,8 +113,9 @@ class NetworkCore(wiring.Component):
         self.pixels_per_beat = pixels_per_beat
         self.has_trace = bool(trace)
         self.encoder = InputEncoder(bundle, pixels_per_beat)
-        self.engines = [LayerEngine(layer, bundle.time_steps, lanes)
-                        for layer in bundle.hidden_layers]
+        self.engines = []
+        for layer in bundle.hidden_layers:
+            self.engines.append(LayerEngine(layer, bundle.time_steps, lanes))
         self.readout = Readout(bundle.readout, bundle.time_steps, lanes)
         # Images that can be between the first pixel beat and the result: two
         # in the encoder, up to two per layer (one integrating, one firing),
@@ -154,7 +143,7 @@ class NetworkCore(wiring.Component):
             wiring.connect(m, producer, link.inp)
             producer = link.out
             if self.has_trace:
-                width = spiking_widths(bundle)[index]
+                width = bundle.spiking_widths[index]
                 tap = TraceTap(bundle.time_steps, width)
                 m.submodules[f"tap{index}"] = tap
                 wiring.connect(m, producer, tap.inp)
@@ -164,7 +153,7 @@ class NetworkCore(wiring.Component):
                 wiring.connect(m, producer, consumer)
 
         if self.has_trace:
-            widths = spiking_widths(bundle)
+            widths = bundle.spiking_widths
             merge = TraceMerge(bundle.time_steps, len(widths), max(widths))
             m.submodules.trace_merge = merge
             for index, tap in enumerate(taps):

@@ -8,7 +8,7 @@ E_n the spikes of hidden layer n.  A window of E spikes is E + T beats.
 Latency of one image crossing an empty core, from the cycle its first pixel
 beat is accepted to the first cycle its result is valid (the core out of
 reset for at least max_n G_n cycles: each integrator clears its slopes in
-its first G_n cycles after reset, see :class:`hw.layer.Integrator`)::
+its first G_n cycles after reset, see :class:`ttfs.hw.layer.Integrator`)::
 
     B        = ceil(C*H*W / K)                       input beats
     W_0      = E_0 + T                               encoder window (1 beat/cycle)
@@ -21,8 +21,8 @@ its first G_n cycles after reset, see :class:`hw.layer.Integrator`)::
                                                      groups, argmax, result
 
 where D_L = ceil(log2 P_L) is the readout's registered argmax tree
-(:func:`hw.readout.argmax_levels`; 0 with one lane) and each "link" is the
-one-cycle :class:`hw.register_slice.RegisterSlice` in front of a layer.
+(:func:`ttfs.hw.readout.argmax_levels`; 0 with one lane) and each "link" is the
+one-cycle :class:`ttfs.hw.register_slice.RegisterSlice` in front of a layer.
 
 With G_n = 1 (P >= every layer's width) every term is exact; with G_n > 1
 the firing term ``E_n + T * G_n`` is an upper bound (a group holding k
@@ -43,10 +43,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from hw.encoder import beats_per_image
-from hw.errors import HardwareError
-from hw.readout import argmax_levels
-from hw.rom import LaneGeometry
+from ttfs.contract.streams import beats_per_image
+from ttfs.hw.errors import HardwareError
+from ttfs.hw.readout import argmax_levels
+from ttfs.hw.rom import LaneGeometry
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def predict_cycles(bundle, lanes: int, pixels_per_beat: int,
     ``spike_counts[0]`` is the encoder's (input spikes), then one per hidden
     layer, e.g. ``[np.count_nonzero(a[i]) for a in golden.run(...).activations]``.
     """
-    widths = [bundle.input_size] + [layer.outputs for layer in bundle.hidden_layers]
+    widths = bundle.spiking_widths
     if len(spike_counts) != len(widths):
         raise HardwareError(
             f"spike_counts: {len(spike_counts)} values, the bundle has {len(widths)} spiking layers")

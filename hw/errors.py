@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sim.errors import TTFSError
+from ttfs.contract.errors import TTFSError
 
 
 class HardwareError(TTFSError):

@@ -1,11 +1,11 @@
 """The neuron datapath: the ramp integrator and the dense spiking layer (contract section 4).
 
 A layer of N neurons runs on P = min(lanes, N) lanes: neurons are cut into
-G = ceil(N / P) lane groups of P (see :mod:`hw.rom`), and every operation on
+G = ceil(N / P) lane groups of P (see :mod:`ttfs.hw.rom`), and every operation on
 "all neurons" takes G cycles, one group per cycle.
 
 :class:`Integrator` is the ramp integrator shared by :class:`LayerEngine` and
-:class:`hw.readout.Readout`.  Its potentials start each window at the bias
+:class:`ttfs.hw.readout.Readout`.  Its potentials start each window at the bias
 (the step-0 tick writes ``Bias + slope`` instead of ``V + slope``), so at the
 end of the window they hold ``V + Bias``, the one quantity both the firing
 rule and the readout need.  Nothing is multiplied: the ROM address of input
@@ -15,18 +15,22 @@ j is ``j * G`` built from shifts and adds, and the firing rule compares
 
 from __future__ import annotations
 
+import numpy as np
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-
-import numpy as np
-
-from hw.errors import HardwareError
-from hw.events import event_signature
-from hw.rom import LaneGeometry, bias_bits, pack_biases, pack_weights, signed_width
-from sim.bundle import MAX_TIME_STEPS, MIN_TIME_STEPS, Layer, layer_potential_bounds, signed_bits
-
+from ttfs.contract.bundle import (
+    MAX_TIME_STEPS,
+    MIN_TIME_STEPS,
+    Layer,
+    potential_bits,
+    signed_width,
+)
+from ttfs.hw.errors import HardwareError
+from ttfs.hw.events import event_signature
+from ttfs.hw.rom import LaneGeometry, pack_biases, pack_weights
+from ttfs.hw.unused import mark_unused
 
 # Rows of one weight ROM bank: an ECP5 DP16KD's depth in its 2048 x 9 mode.
 WEIGHT_BANK_ROWS = 2048
@@ -35,7 +39,7 @@ WEIGHT_BANK_ROWS = 2048
 def check_layer(layer: Layer, time_steps: int, readout: bool) -> None:
     """Raise HardwareError unless ``layer`` can be built as a readout (or a hidden layer)."""
     if not isinstance(layer, Layer):
-        raise HardwareError(f"layer: expected a sim.bundle.Layer, got {type(layer).__name__}")
+        raise HardwareError(f"layer: expected a ttfs.contract.bundle.Layer, got {type(layer).__name__}")
     if layer.kind != "dense":
         raise HardwareError(f"layer {layer.name!r}: kind {layer.kind!r} is not supported (only 'dense')")
     if bool(layer.readout) != readout:
@@ -56,13 +60,13 @@ def checked_geometry(component, layer: Layer, time_steps: int, lanes: int, reado
     """``check_layer`` and the lane geometry for a LayerEngine or Readout being built.
 
     On a HardwareError the half-built ``component`` is marked as deliberately
-    unused, so Amaranth does not also warn that it was never elaborated.
+    unused (:func:`ttfs.hw.unused.mark_unused`).
     """
     try:
         check_layer(layer, time_steps, readout=readout)
         return LaneGeometry.of(layer.outputs, lanes)
     except HardwareError:
-        component._MustUse__silence = True
+        mark_unused(component)
         raise
 
 
@@ -72,16 +76,6 @@ def slope_bits(layer: Layer) -> int:
     highest = int(np.where(weight > 0, weight, 0).sum(axis=1).max())
     lowest = int(np.where(weight < 0, weight, 0).sum(axis=1).min())
     return signed_width(lowest, highest)
-
-
-def potential_bits(layer: Layer, time_steps: int) -> int:
-    """Signed register width of the layer's potentials: contract section 6.
-
-    The same bound ``sim.golden.potential_bounds`` reports for this layer.
-    Every intermediate potential ``Bias + sum_j W[i][j] * a_j(k)`` with
-    partial activations a_j(k) in 0..T stays within it.
-    """
-    return signed_bits(int(layer_potential_bounds(layer, time_steps).max()))
 
 
 def times_constant(value, constant: int):
@@ -156,6 +150,97 @@ class LaneMemory:
             m.d.comb += read.data.eq(Mux(collided, forwarded, data_out))
 
 
+class WeightBanks(wiring.Component):
+    """A layer's weight ROM (:func:`ttfs.hw.rom.pack_weights`, ``inputs * G`` rows of P weights)
+    in banks of ``WEIGHT_BANK_ROWS`` rows, read every cycle through registers.
+
+    The ROM is dozens of block RAMs spread over the die, so nothing reaches
+    or leaves them in the same cycle as other logic.  Cycle by cycle after a
+    row is presented on ``row``:
+
+    1. *address*: the row is registered and drives every bank's address (a
+       row computed from an input beat in the same cycle would not reach
+       them at 100 MHz);
+    2. *fetch*: every bank's word arrives and goes straight into its own
+       register (a block RAM's output is slow, 5.8 ns on an ECP5, and may
+       sit far from the logic);
+    3. *read*: the bank of the row wanted is chosen from those registers
+       into one more register (the mux over up to ~10 banks and its fan-out
+       would otherwise sit in front of the slope adders);
+    4. ``data`` holds the row's word.
+
+    Ports
+    -----
+    row : In(range(inputs * G))
+        The row to read (word ``j * G + g`` = group g's weights for input j).
+    data : Out(ArrayLayout(signed(weight_bits), P))
+        The word of the row presented four cycles earlier (latency 4, one
+        row per cycle).
+    """
+
+    def __init__(self, layer: Layer, lanes: int):
+        self._words = pack_weights(layer, lanes)
+        self._layout = data.ArrayLayout(signed(layer.weight_bits), LaneGeometry.of(layer.outputs, lanes).lanes)
+        super().__init__({
+            "row": In(range(len(self._words))),
+            "data": Out(self._layout),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        words = self._words
+        starts = range(0, len(words), WEIGHT_BANK_ROWS)
+        address_row = Signal.like(self.row)
+        m.d.sync += address_row.eq(self.row)
+        # Reset-less (only read behind a valid stage of the integrator): a
+        # reset would put a LUT between each block RAM and its register.
+        bank_rows = [Signal(self._layout.size, name=f"weight_bank{bank}_row", reset_less=True)
+                     for bank in range(len(starts))]
+        for bank, (start, row) in enumerate(zip(starts, bank_rows)):
+            bank_words = words[start:start + WEIGHT_BANK_ROWS]
+            name = "weights" if len(starts) == 1 else f"weights_{bank}"
+            m.submodules[name] = memory = Memory(shape=unsigned(self._layout.size), depth=len(bank_words),
+                                                 init=bank_words, attrs={"ram_style": "block"})
+            port = memory.read_port()
+            m.d.comb += port.addr.eq(address_row)    # truncated to the bank's rows
+            m.d.sync += row.eq(port.data)
+        bank_bits = max(0, (len(starts) - 1).bit_length())
+        fetch_bank_select = Signal(max(1, bank_bits))
+        read_bank_select = Signal.like(fetch_bank_select)
+        if bank_bits:
+            m.d.sync += [fetch_bank_select.eq(address_row >> WEIGHT_BANK_ROWS.bit_length() - 1),
+                         read_bank_select.eq(fetch_bank_select)]
+        chosen = Signal(self._layout)
+        with m.Switch(read_bank_select):
+            for bank, row in enumerate(bank_rows[:-1]):
+                with m.Case(bank):
+                    m.d.comb += chosen.eq(row)
+            with m.Default():                        # the last bank (a complete case for lint)
+                m.d.comb += chosen.eq(bank_rows[-1])
+        m.d.sync += self.data.eq(chosen)
+        return m
+
+
+def group_op_layout(groups: int) -> data.StructLayout:
+    """What the integrator does to one lane group: which group, for a tick or a spike, on which step."""
+    return data.StructLayout({
+        "group": range(groups),
+        "tick": 1,
+        "first": 1,          # step 0: a tick starts the potentials at the bias
+        "last": 1,           # step T-1: a tick clears the slopes
+    })
+
+
+def stage_layout(groups: int) -> data.StructLayout:
+    """One stage of the integrator's pipeline: a group operation on its way to the adders."""
+    return data.StructLayout({
+        "valid": 1,
+        "op": group_op_layout(groups),
+        "bank": 1,           # the potential bank integrated into
+        "closes": 1,         # the last group of the tick of step T-1: the window closes
+    })
+
+
 class Integrator(wiring.Component):
     """Ramp integrator (contract section 4, integration) for all neurons of a layer.
 
@@ -166,9 +251,16 @@ class Integrator(wiring.Component):
     out by the owner through the ``drain_*`` port until it pulses
     ``release``.
 
+    Pipeline, one group operation per cycle (from *address* on, each stage
+    one :func:`stage_layout` record, copied whole from the one before):
+    *issue* (a group of the current beat), *address*, *fetch* and *read* (the weight row's way
+    through :class:`WeightBanks`; the read stage also issues the slope,
+    potential and bias reads, so that they land one cycle before their
+    write: the transparency the G = 1 case relies on), *write* (the adders).
+
     Parameters
     ----------
-    layer : sim.bundle.Layer
+    layer : ttfs.contract.bundle.Layer
     time_steps : int
     lanes : int
         P = min(lanes, outputs) lanes are used.
@@ -208,6 +300,7 @@ class Integrator(wiring.Component):
 
     def __init__(self, layer: Layer, time_steps: int, lanes: int, banks: int):
         if banks not in (1, 2):
+            mark_unused(self)
             raise HardwareError(f"banks: {banks!r} must be 1 or 2")
         self._layer = layer
         self._time_steps = int(time_steps)
@@ -226,204 +319,131 @@ class Integrator(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        layer, steps = self._layer, self._time_steps
-        lanes, groups = self._geometry.lanes, self._geometry.groups
-        banks = self._banks
-
-        weight_layout = data.ArrayLayout(signed(layer.weight_bits), lanes)
-        bias_layout = data.ArrayLayout(signed(bias_bits(layer)), lanes)
-        slope_layout = data.ArrayLayout(signed(slope_bits(layer)), lanes)
-
-        # The weight ROM in banks of WEIGHT_BANK_ROWS rows, each read every
-        # cycle and its word registered; the bank of the row wanted is chosen
-        # from those registers in the write stage, so the mux over the banks
-        # no longer follows a block RAM's slow clock-to-output in one cycle.
-        weight_words = pack_weights(layer, lanes)
-        weight_banks = []
-        for bank, start in enumerate(range(0, len(weight_words), WEIGHT_BANK_ROWS)):
-            words = weight_words[start:start + WEIGHT_BANK_ROWS]
-            name = "weights" if len(weight_words) <= WEIGHT_BANK_ROWS else f"weights_{bank}"
-            m.submodules[name] = memory = Memory(shape=unsigned(weight_layout.size), depth=len(words),
-                                                 init=words, attrs={"ram_style": "block"})
-            weight_banks.append(memory.read_port())
+        layer, lanes, groups = self._layer, self._geometry.lanes, self._geometry.groups
+        m.submodules.weights = weights = WeightBanks(layer, lanes)
+        bias_layout = data.ArrayLayout(signed(layer.bias_bits), lanes)
         m.submodules.biases = biases = Memory(
             shape=unsigned(bias_layout.size), depth=groups, init=pack_biases(layer, lanes))
         # The integrator's own reads are transparent: with G = 1 a beat reads
         # the row the previous beat writes in the same cycle, and must see the
         # new value.  The drain read is not (the drain bank is never written).
+        slope_layout = data.ArrayLayout(signed(slope_bits(layer)), lanes)
         slopes = LaneMemory(m, "slopes", slope_layout, groups, transparent_reads=1)
-        potentials = LaneMemory(m, "potentials", self.potential_layout, banks * groups,
+        potentials = LaneMemory(m, "potentials", self.potential_layout, self._banks * groups,
                                 transparent_reads=1, plain_reads=1)
-        slope_wr, (slope_rd,) = slopes.write, slopes.reads
-        potential_wr, (potential_rd, drain_rd) = potentials.write, potentials.reads
         bias_rd = biases.read_port()
 
-        def bank_row(group, bank):
-            # Bank b occupies rows b*G .. b*G + G-1.
-            return group + Mux(bank, groups, 0) if banks == 2 else group
-
-        # Issue stage: one group of the current beat per cycle.
-        busy = Signal()                      # groups 1.. of a beat remain to issue
-        current_group = Signal(range(groups))
-        current_row = Signal(range(layer.inputs * groups))
-        current_tick = Signal()
-        current_first = Signal()             # step 0
-        current_last = Signal()              # step T-1
-        integrate_bank = Signal()
-        drain_bank = Signal()
-        full = Signal(banks)                 # bank holds a closed, not yet released window
-
-        issue = Signal()
-        issue_group = Signal(range(groups))
-        issue_row = Signal(range(layer.inputs * groups))
-        issue_tick = Signal()
-        issue_first = Signal()
-        issue_last = Signal()
-
-        # Write stage: four cycles after an issue, when the reads have arrived.
-        write_valid = Signal()
-        write_group = Signal(range(groups))
-        write_tick = Signal()
-        write_first = Signal()
-        write_last = Signal()
-        write_bank = Signal()
-        write_closes = Signal()              # last group of the tick of step T-1
-
-        window_closing = Signal()
-        m.d.comb += window_closing.eq(write_valid & write_closes)
-        closing_pending = Signal()           # the closing group is in the address, fetch or read stage
-
+        address, fetch, read, write = (Signal(stage_layout(groups), name=name)
+                                       for name in ("address", "fetch", "read", "write"))
+        m.d.sync += [fetch.eq(address), read.eq(fetch), write.eq(read)]
         # Clearing pass, the reset state: the slopes are a memory, which `rst`
         # does not clear, and a reset in the middle of a window leaves partial
         # sums there.  Zeros go to one group per cycle (G cycles) before the
         # first beat is taken.  Nothing else needs it: the step-0 tick
         # overwrites every potential, and the bank flags are registers.
         clearing = Signal(init=1)
-        clear_group = Signal(range(groups))
+        integrate_bank, drain_bank = Signal(), Signal()
+        full = Signal(self._banks)           # bank holds a closed, not yet released window
+        window_closing = Signal()
+        m.d.comb += window_closing.eq(write.valid & write.closes)
+        closing_pending = Signal()           # the closing group is in the address, fetch or read stage
+        m.d.comb += closing_pending.eq(Cat(stage.valid & stage.closes for stage in (address, fetch, read)).any())
+        self._issue_stage(m, address, weights.row, ~clearing & ~full.bit_select(integrate_bank, 1)
+                          & ~closing_pending & ~window_closing, integrate_bank)
 
-        inp = self.inp
-        m.d.comb += inp.ready.eq(~clearing & ~busy & ~full.bit_select(integrate_bank, 1)
-                                 & ~closing_pending & ~window_closing)
+        m.d.comb += [
+            bias_rd.addr.eq(read.op.group),
+            slopes.reads[0].addr.eq(read.op.group),
+            potentials.reads[0].addr.eq(self._bank_row(read.op.group, read.bank)),
+        ]
+        self._write_stage(m, write, weights.data, bias_layout(bias_rd.data), slopes, potentials)
+        self._clearing_pass(m, clearing, slopes.write)
+        self._bank_flags(m, full, window_closing, write.bank, drain_bank)
+        drain_rd = potentials.reads[1]
+        m.d.comb += [
+            self.window_ready.eq(full.bit_select(drain_bank, 1)),
+            drain_rd.addr.eq(self._bank_row(self.drain_group, drain_bank)),
+            drain_rd.en.eq(self.drain_en),
+            self.drain_data.eq(drain_rd.data),
+        ]
+        return m
+
+    def _bank_row(self, group, bank):
+        """Row of ``group`` in potential bank ``bank``: bank b occupies rows b*G .. b*G + G-1."""
+        return group + Mux(bank, self._geometry.groups, 0) if self._banks == 2 else group
+
+    def _issue_stage(self, m, address, row, open_for_input, integrate_bank):
+        """Issue one group of the current beat per cycle into the ``address`` stage: group 0
+        straight from ``inp`` (taken while ``open_for_input``), groups 1.. from registers.
+
+        The issued operation's parts are separate signals, not one record: a
+        record whose ``closes`` field is computed from its own ``op`` field
+        is a combinational loop to Verilator (UNOPTFLAT).
+        """
+        inp, steps, groups = self.inp, self._time_steps, self._geometry.groups
+        busy = Signal()                      # groups 1.. of a beat remain to issue
+        current = Signal(group_op_layout(groups))
+        current_row = Signal.like(row)
+        issue = Signal()
+        op = Signal(group_op_layout(groups), name="issue_op")
+        closes = Signal(name="issue_closes")
+        m.d.comb += inp.ready.eq(open_for_input & ~busy)
         with m.If(busy):
-            m.d.comb += [
-                issue.eq(1),
-                issue_group.eq(current_group),
-                issue_row.eq(current_row),
-                issue_tick.eq(current_tick),
-                issue_first.eq(current_first),
-                issue_last.eq(current_last),
-            ]
+            m.d.comb += [issue.eq(1), op.eq(current), row.eq(current_row)]
         with m.Else():
             m.d.comb += [
                 issue.eq(inp.valid & inp.ready),
-                issue_group.eq(0),
-                issue_row.eq(times_constant(inp.payload.neuron, groups)),
-                issue_tick.eq(inp.payload.tick),
-                issue_first.eq(inp.payload.step == 0),
-                issue_last.eq(inp.payload.step == steps - 1),
+                op.group.eq(0),
+                op.tick.eq(inp.payload.tick),
+                op.first.eq(inp.payload.step == 0),
+                op.last.eq(inp.payload.step == steps - 1),
+                row.eq(times_constant(inp.payload.neuron, groups)),
             ]
-        closes = Signal()
-        m.d.comb += closes.eq(issue_tick & issue_last & (issue_group == groups - 1))
+        last_group = op.group == groups - 1
+        m.d.comb += closes.eq(op.tick & op.last & last_group)
+        m.d.sync += [address.valid.eq(issue), address.op.eq(op), address.bank.eq(integrate_bank),
+                     address.closes.eq(closes)]
         with m.If(issue):
             m.d.sync += [
-                busy.eq(issue_group != groups - 1),
-                current_group.eq(issue_group + 1),
-                current_row.eq(issue_row + 1),
-                current_tick.eq(issue_tick),
-                current_first.eq(issue_first),
-                current_last.eq(issue_last),
+                busy.eq(~last_group),
+                current.eq(op),
+                current.group.eq(op.group + 1),
+                current_row.eq(row + 1),
             ]
-            if banks == 2:
+            if self._banks == 2:
                 with m.If(closes):
                     m.d.sync += integrate_bank.eq(~integrate_bank)
-        # Address stage, the cycle after an issue: the row is registered and
-        # drives the weight ROM's address (the ROM is dozens of block RAMs
-        # spread over the die; a row computed from the input beat in the same
-        # cycle would not reach them at 100 MHz).  Fetch stage: the banks'
-        # words arrive (a block RAM's output is slow, 5.8 ns on an ECP5, so
-        # each bank's word goes straight into a register).  Read stage: the
-        # bank of the row wanted is chosen from those registers into one
-        # more register (the mux over up to ~10 banks and its fan-out would
-        # otherwise sit in front of the slope adders), and the slope,
-        # potential and bias reads are issued, so that they land one cycle
-        # before their write (the transparency the G = 1 case relies on).
-        # Write stage: the adders.
-        def stage_signals(name):
-            return {field: Signal(shape, name=f"{name}_{field}") for field, shape in (
-                ("valid", 1), ("group", range(groups)), ("tick", 1), ("first", 1), ("last", 1),
-                ("bank", 1), ("closes", 1))}
 
-        address, fetch, read = stage_signals("address"), stage_signals("fetch"), stage_signals("read")
-        m.d.sync += [
-            address["valid"].eq(issue),
-            address["group"].eq(issue_group),
-            address["tick"].eq(issue_tick),
-            address["first"].eq(issue_first),
-            address["last"].eq(issue_last),
-            address["bank"].eq(integrate_bank),
-            address["closes"].eq(closes),
-        ]
-        m.d.sync += [fetch[field].eq(address[field]) for field in fetch]
-        m.d.sync += [read[field].eq(fetch[field]) for field in read]
-        address_row = Signal.like(issue_row)
-        m.d.sync += address_row.eq(issue_row)
-        bank_bits = max(0, (len(weight_banks) - 1).bit_length())
-        # Reset-less (only read behind a valid stage): a reset would put a
-        # LUT between each block RAM and its register.
-        bank_rows = [Signal(weight_layout.size, name=f"weight_bank{bank}_row", reset_less=True)
-                     for bank in range(len(weight_banks))]
-        fetch_bank_select = Signal(max(1, bank_bits))
-        read_bank_select = Signal.like(fetch_bank_select)
-        for port, row in zip(weight_banks, bank_rows):
-            m.d.comb += port.addr.eq(address_row)    # truncated to the bank's rows
-            m.d.sync += row.eq(port.data)
-        if bank_bits:
-            m.d.sync += [fetch_bank_select.eq(address_row >> WEIGHT_BANK_ROWS.bit_length() - 1),
-                         read_bank_select.eq(fetch_bank_select)]
-        weight_chosen = Signal(weight_layout)
-        with m.Switch(read_bank_select):
-            for bank, row in enumerate(bank_rows[:-1]):
-                with m.Case(bank):
-                    m.d.comb += weight_chosen.eq(row)
-            with m.Default():                        # the last bank (a complete case for lint)
-                m.d.comb += weight_chosen.eq(bank_rows[-1])
-        weight_row = Signal(weight_layout)
-        m.d.sync += weight_row.eq(weight_chosen)
+    def _write_stage(self, m, write, weight_row, bias_row, slopes, potentials):
+        """The adders: a tick adds each slope to its potential (to the bias on
+        step 0), a spike adds the weight row to the slopes."""
+        slope_wr, slope_rd = slopes.write, slopes.reads[0]
+        potential_wr, potential_rd = potentials.write, potentials.reads[0]
         m.d.comb += [
-            bias_rd.addr.eq(read["group"]),
-            slope_rd.addr.eq(read["group"]),
-            potential_rd.addr.eq(bank_row(read["group"], read["bank"])),
+            slope_wr.addr.eq(write.op.group),
+            potential_wr.addr.eq(self._bank_row(write.op.group, write.bank)),
         ]
-        m.d.sync += [
-            write_valid.eq(read["valid"]),
-            write_group.eq(read["group"]),
-            write_tick.eq(read["tick"]),
-            write_first.eq(read["first"]),
-            write_last.eq(read["last"]),
-            write_bank.eq(read["bank"]),
-            write_closes.eq(read["closes"]),
-        ]
-        m.d.comb += closing_pending.eq(Cat(stage["valid"] & stage["closes"]
-                                           for stage in (address, fetch, read)).any())
-        bias_row = bias_layout(bias_rd.data)
-        m.d.comb += [
-            slope_wr.addr.eq(write_group),
-            potential_wr.addr.eq(bank_row(write_group, write_bank)),
-        ]
-        with m.If(write_valid & write_tick):
+        with m.If(write.valid & write.op.tick):
             m.d.comb += potential_wr.en.eq(1)
-            for lane in range(lanes):
-                start = Mux(write_first, bias_row[lane], potential_rd.data[lane])
+            for lane in range(self._geometry.lanes):
+                start = Mux(write.op.first, bias_row[lane], potential_rd.data[lane])
                 m.d.comb += potential_wr.data[lane].eq(start + slope_rd.data[lane])
             # The window's last tick leaves zero slopes for the next window
             # (slope_wr.data defaults to zero).
-            m.d.comb += slope_wr.en.eq(write_last)
-        with m.If(write_valid & ~write_tick):
+            m.d.comb += slope_wr.en.eq(write.op.last)
+        with m.If(write.valid & ~write.op.tick):
             m.d.comb += slope_wr.en.eq(1)
-            for lane in range(lanes):
+            for lane in range(self._geometry.lanes):
                 m.d.comb += slope_wr.data[lane].eq(slope_rd.data[lane] + weight_row[lane])
-        # No beat is issued while clearing (inp.ready is low), so the slope
-        # write port is free.
+
+    def _clearing_pass(self, m, clearing, slope_wr):
+        """Zeros into the G slope rows, one per cycle, while ``clearing`` (the reset state).
+
+        No beat is issued while clearing (``inp.ready`` is low), so the slope
+        write port is free.
+        """
+        groups = self._geometry.groups
+        clear_group = Signal(range(groups))
         with m.If(clearing):
             m.d.comb += [slope_wr.addr.eq(clear_group), slope_wr.en.eq(1)]   # data zero
             with m.If(clear_group == groups - 1):
@@ -431,21 +451,16 @@ class Integrator(wiring.Component):
             with m.Else():
                 m.d.sync += clear_group.eq(clear_group + 1)
 
-        for bank in range(banks):
+    def _bank_flags(self, m, full, window_closing, write_bank, drain_bank):
+        """A bank is full from its window's closing write until the owner's ``release``."""
+        for bank in range(self._banks):
             with m.If(window_closing & (write_bank == bank)):
                 m.d.sync += full[bank].eq(1)
             with m.Elif(self.release & (drain_bank == bank)):
                 m.d.sync += full[bank].eq(0)
-        if banks == 2:
+        if self._banks == 2:
             with m.If(self.release):
                 m.d.sync += drain_bank.eq(~drain_bank)
-        m.d.comb += [
-            self.window_ready.eq(full.bit_select(drain_bank, 1)),
-            drain_rd.addr.eq(bank_row(self.drain_group, drain_bank)),
-            drain_rd.en.eq(self.drain_en),
-            self.drain_data.eq(drain_rd.data),
-        ]
-        return m
 
 
 def lowest_set_bit(m: Module, mask: Signal) -> tuple[Signal, Signal]:
@@ -472,6 +487,82 @@ def lowest_set_bit(m: Module, mask: Signal) -> tuple[Signal, Signal]:
     return index, rest
 
 
+def at_most_one(mask):
+    """1 when at most one bit of ``mask`` is set: a tree of (any, several) pairs,
+    log2(width) small levels and no carry chain."""
+    nodes = [(mask[lane], Const(0, 1)) for lane in range(len(mask))]
+    while len(nodes) > 1:
+        paired = [(a_any | b_any, a_many | b_many | (a_any & b_any))
+                  for (a_any, a_many), (b_any, b_many) in zip(nodes[0::2], nodes[1::2])]
+        nodes = paired + ([nodes[-1]] if len(nodes) % 2 else [])
+    return ~nodes[0][1]
+
+
+def fired_group_layout(lanes: int, groups: int, time_steps: int) -> data.StructLayout:
+    """The firing decisions of one lane group at one step, on their way to the emitter."""
+    return data.StructLayout({
+        "mask": lanes,                      # lane l fires: neuron base + l spikes
+        "tick": 1,                          # the group is the step's last: a tick follows
+        "base": range(groups * lanes),      # the group's first neuron, g * P
+        "step": range(time_steps),
+    })
+
+
+class FiringEmitter(wiring.Component):
+    """One lane group's firing decisions to event beats: its spikes, lowest lane first, then
+    the step's tick when the group is the step's last (a group with no spike and no
+    tick emits nothing).
+
+    Ports
+    -----
+    groups : In(stream of :func:`fired_group_layout`)
+        A group is taken in the cycle the emitter frees up: when it holds
+        nothing, or when ``out`` takes its last beat.
+    out : Out(event_signature(T, N))
+        Registered: a group taken in cycle t offers its first beat from t + 1;
+        then one beat per cycle while ``out`` is ready.
+
+    Whether the emitter frees up is decided from registers (any spike left,
+    and at most one), not from the mask's carry chains, so the group read
+    behind it moves in time.
+    """
+
+    def __init__(self, lanes: int, groups: int, time_steps: int, width: int):
+        self._layout = fired_group_layout(lanes, groups, time_steps)
+        super().__init__({
+            "groups": In(stream.Signature(self._layout)),
+            "out": Out(event_signature(time_steps, width)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        held = Signal(self._layout)          # the mask shrinks as its spikes leave
+        has_spike = Signal()
+        one_left = Signal()
+        lane_index, mask_rest = lowest_set_bit(m, held.mask)
+        out, incoming = self.out, self.groups.payload
+        m.d.comb += [
+            out.valid.eq(has_spike | held.tick),
+            out.payload.tick.eq(~has_spike),
+            out.payload.step.eq(held.step),
+            out.payload.neuron.eq(Mux(has_spike, held.base + lane_index, 0)),
+            self.groups.ready.eq(~out.valid | (out.ready & Mux(has_spike, one_left & ~held.tick, 1))),
+        ]
+        with m.If(out.valid & out.ready):
+            with m.If(has_spike):
+                m.d.sync += [held.mask.eq(mask_rest), has_spike.eq(~one_left),
+                             one_left.eq(at_most_one(mask_rest))]
+            with m.Else():
+                m.d.sync += held.tick.eq(0)
+        with m.If(self.groups.valid & self.groups.ready):
+            m.d.sync += [
+                held.eq(incoming),
+                has_spike.eq(incoming.mask.any()),
+                one_left.eq(at_most_one(incoming.mask)),
+            ]
+        return m
+
+
 class LayerEngine(wiring.Component):
     """A dense hidden layer: ramp integrators then time-counter neurons (contract section 4).
 
@@ -482,9 +573,15 @@ class LayerEngine(wiring.Component):
     ``q = (V + Bias) >> ramp_shift`` firing at s = 0 when q >= T and at
     s >= 1 when q == T - s (the first s where V + R*(s+1) >= (T+1)*R - Bias).
 
+    Firing pipeline: a *read sequencer* walks (step, group) over the drain
+    bank of the :class:`Integrator` while a closed window waits there (the
+    *slot* holds the group read, its potentials on ``drain_data``); the
+    *mask stage* registers the group's firing decisions; the
+    :class:`FiringEmitter` turns them into beats.
+
     Parameters
     ----------
-    layer : sim.bundle.Layer
+    layer : ttfs.contract.bundle.Layer
         A hidden (non-readout) dense layer.
     time_steps : int
         T, a power of two in 2..256.
@@ -548,94 +645,44 @@ class LayerEngine(wiring.Component):
 
         m.submodules.integrator = integrator = Integrator(layer, steps, lanes, banks=2)
         wiring.connect(m, wiring.flipped(self.inp), integrator.inp)
-
-        # Read sequencer: walks (step, group) over the drain bank while a
-        # closed window waits there; releases the bank after the last read.
-        fire_group = Signal(range(groups))
-        fire_base = Signal(range(groups * lanes))     # = fire_group * P, kept as a counter
-        fire_step = Signal(range(steps))
+        m.submodules.emitter = emitter = FiringEmitter(lanes, groups, steps, layer.outputs)
+        wiring.connect(m, emitter.out, wiring.flipped(self.out))
 
         # Slot: the group just read (its potentials are on drain_data).
         slot_valid = Signal()
-        slot_base = Signal.like(fire_base)
-        slot_step = Signal.like(fire_step)
-        slot_remaining = Signal(range(steps + 1))     # T - step
-        slot_first = Signal()
-        slot_last_group = Signal()
-
-        # Emitter: the spikes (mask) of one group, then the step's tick when
-        # the group is the last one.
-        emit_mask = Signal(lanes)
-        emit_tick = Signal()
-        emit_base = Signal.like(fire_base)
-        emit_step = Signal.like(fire_step)
-
-        # Registered facts about emit_mask, so that whether the emitter frees
-        # up (and the group read behind it moves) is decided from registers,
-        # not from the mask's carry chains: any spike left, and at most one.
-        has_spike = Signal()
-        one_left = Signal()
-
-        def at_most_one(mask):
-            # A tree of (any, several) pairs: log2(P) small levels, no carry chain.
-            nodes = [(mask[lane], Const(0, 1)) for lane in range(len(mask))]
-            while len(nodes) > 1:
-                paired = [(a_any | b_any, a_many | b_many | (a_any & b_any))
-                          for (a_any, a_many), (b_any, b_many) in zip(nodes[0::2], nodes[1::2])]
-                nodes = paired + ([nodes[-1]] if len(nodes) % 2 else [])
-            return ~nodes[0][1]
-
-        lane_index, mask_rest = lowest_set_bit(m, emit_mask)
-        out = self.out
-        m.d.comb += [
-            out.valid.eq(has_spike | emit_tick),
-            out.payload.tick.eq(~has_spike),
-            out.payload.step.eq(emit_step),
-            out.payload.neuron.eq(Mux(has_spike, emit_base + lane_index, 0)),
-        ]
-        emit_free = Signal()
-        m.d.comb += emit_free.eq(~out.valid | (out.ready & Mux(has_spike, one_left & ~emit_tick, 1)))
-        with m.If(out.valid & out.ready):
-            with m.If(has_spike):
-                m.d.sync += [emit_mask.eq(mask_rest), has_spike.eq(~one_left), one_left.eq(at_most_one(mask_rest))]
-            with m.Else():
-                m.d.sync += emit_tick.eq(0)
+        slot = Signal(data.StructLayout({
+            "base": range(groups * lanes),
+            "step": range(steps),
+            "remaining": range(steps + 1),   # T - step
+            "first": 1,
+            "last_group": 1,
+        }))
 
         # Mask stage: the group's firing decisions, registered (the compares
-        # and then the mask's own flags would not fit one 100 MHz cycle).
+        # and then the emitter's own flags would not fit one 100 MHz cycle).
         fire_mask = Signal(lanes)
         for lane in range(lanes):
             quotient = integrator.drain_data[lane] >> layer.ramp_shift   # floor((V + Bias) / R)
             m.d.comb += fire_mask[lane].eq(
-                Mux(slot_first, quotient >= steps, quotient == slot_remaining))
+                Mux(slot.first, quotient >= steps, quotient == slot.remaining))
         mask_valid = Signal()
-        mask_bits = Signal(lanes)
-        mask_tick = Signal()
-        mask_base = Signal.like(fire_base)
-        mask_step = Signal.like(fire_step)
+        mask = Signal(fired_group_layout(lanes, groups, steps))
         load = Signal()
         take = Signal()
         m.d.comb += [
-            load.eq(mask_valid & emit_free),
+            emitter.groups.valid.eq(mask_valid),
+            emitter.groups.payload.eq(mask),
+            load.eq(mask_valid & emitter.groups.ready),
             take.eq(slot_valid & (~mask_valid | load)),
         ]
         with m.If(~mask_valid | load):
             m.d.sync += mask_valid.eq(slot_valid)
         with m.If(take):
             m.d.sync += [
-                mask_bits.eq(fire_mask),
-                mask_tick.eq(slot_last_group),
-                mask_base.eq(slot_base),
-                mask_step.eq(slot_step),
-            ]
-        with m.If(load):
-            m.d.sync += [
-                emit_mask.eq(mask_bits),
-                has_spike.eq(mask_bits.any()),
-                one_left.eq(at_most_one(mask_bits)),
-                emit_tick.eq(mask_tick),
-                emit_base.eq(mask_base),
-                emit_step.eq(mask_step),
+                mask.mask.eq(fire_mask),
+                mask.tick.eq(slot.last_group),
+                mask.base.eq(slot.base),
+                mask.step.eq(slot.step),
             ]
 
         slot_free = Signal()
@@ -644,17 +691,27 @@ class LayerEngine(wiring.Component):
             slot_free.eq(~slot_valid | take),
             read.eq(integrator.window_ready & slot_free),
             integrator.drain_en.eq(slot_free),
-            integrator.drain_group.eq(fire_group),
         ]
         with m.If(slot_free):
             m.d.sync += slot_valid.eq(read)
+        self._read_sequencer(m, integrator, read, slot)
+        return m
+
+    def _read_sequencer(self, m, integrator, read, slot):
+        """Walk (step, group) over the drain bank, one group per ``read``, into ``slot``;
+        release the bank after the window's last read."""
+        steps, lanes, groups = self._time_steps, self._geometry.lanes, self._geometry.groups
+        fire_group = Signal(range(groups))
+        fire_base = Signal(range(groups * lanes))     # = fire_group * P, kept as a counter
+        fire_step = Signal(range(steps))
+        m.d.comb += integrator.drain_group.eq(fire_group)
         with m.If(read):
             m.d.sync += [
-                slot_base.eq(fire_base),
-                slot_step.eq(fire_step),
-                slot_remaining.eq(steps - fire_step),
-                slot_first.eq(fire_step == 0),
-                slot_last_group.eq(fire_group == groups - 1),
+                slot.base.eq(fire_base),
+                slot.step.eq(fire_step),
+                slot.remaining.eq(steps - fire_step),
+                slot.first.eq(fire_step == 0),
+                slot.last_group.eq(fire_group == groups - 1),
             ]
             with m.If(fire_group == groups - 1):
                 m.d.sync += [fire_group.eq(0), fire_base.eq(0), fire_step.eq(fire_step + 1)]
@@ -662,4 +719,3 @@ class LayerEngine(wiring.Component):
                     m.d.comb += integrator.release.eq(1)
             with m.Else():
                 m.d.sync += [fire_group.eq(fire_group + 1), fire_base.eq(fire_base + lanes)]
-        return m

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
-
-from hw.events import bits_for, event_signature
-from hw.layer import Integrator, checked_geometry, potential_bits
-from hw.rom import LaneGeometry
-from sim.bundle import Layer
+from ttfs.contract.bundle import Layer, potential_bits
+from ttfs.contract.streams import bits_for
+from ttfs.hw.events import event_signature
+from ttfs.hw.layer import Integrator, checked_geometry
+from ttfs.hw.rom import LaneGeometry
 
 
 def argmax_levels(lanes: int) -> int:
@@ -17,12 +17,21 @@ def argmax_levels(lanes: int) -> int:
     return (int(lanes) - 1).bit_length()
 
 
-def result_layout(outputs: int, logit_bits: int) -> data.StructLayout:
-    """Payload of the readout result: the class and every logit."""
-    return data.StructLayout({
+def result_layout(outputs: int, logit_bits: int, cycle_bits: int = 0) -> data.StructLayout:
+    """Payload of a result stream: the class, every logit and, when ``cycle_bits``
+    is not 0, the image's cycle count (the core's result, :class:`ttfs.hw.core.NetworkCore`)."""
+    fields = {
         "cls": bits_for(outputs - 1),
         "logits": data.ArrayLayout(signed(logit_bits), outputs),
-    })
+    }
+    if cycle_bits:
+        fields["cycles"] = unsigned(cycle_bits)
+    return data.StructLayout(fields)
+
+
+def group_flags_layout() -> data.StructLayout:
+    """A group on its way through the readout: ``valid``, the window's ``first`` and ``last`` group."""
+    return data.StructLayout({"valid": 1, "first": 1, "last": 1})
 
 
 class Readout(wiring.Component):
@@ -36,7 +45,7 @@ class Readout(wiring.Component):
 
     Parameters
     ----------
-    layer : sim.bundle.Layer
+    layer : ttfs.contract.bundle.Layer
         The readout layer (``readout`` true); ``ramp_shift`` is ignored.
     time_steps : int
         T, a power of two in 2..256.
@@ -49,7 +58,7 @@ class Readout(wiring.Component):
         The last hidden layer's windows.
     result : Out(stream of StructLayout{"cls", "logits"})
         One beat per window; logits are ``signed(W)`` with W = the layer's
-        register width from ``sim.golden.potential_bounds`` (:attr:`logit_bits`).
+        register width from ``ttfs.sim.golden.potential_bounds`` (:attr:`logit_bits`).
 
     Latency (cycles): integration takes G per input beat, (E + T) * G per
     window.  The result is valid G + 6 + :func:`argmax_levels` (P) cycles
@@ -94,11 +103,8 @@ class Readout(wiring.Component):
         result = self.result
         read_group = Signal(range(groups))
         read_base = Signal(range(groups * lanes))     # = read_group * P, kept as a counter
-        # Data stage: the group read last cycle is on drain_data.
-        data_valid = Signal()
-        data_base = Signal.like(read_base)
-        data_first = Signal()
-        data_last = Signal()
+        # Drained: the group read last cycle is on drain_data.
+        drained = Signal(data.StructLayout({"flags": group_flags_layout(), "base": range(groups * lanes)}))
 
         # A window's last group is in the argmax pipeline: the next window's
         # reads wait until its result is set.
@@ -110,10 +116,10 @@ class Readout(wiring.Component):
             integrator.drain_group.eq(read_group),
         ]
         m.d.sync += [
-            data_valid.eq(read),
-            data_base.eq(read_base),
-            data_first.eq(read_group == 0),
-            data_last.eq(read_group == groups - 1),
+            drained.flags.valid.eq(read),
+            drained.flags.first.eq(read_group == 0),
+            drained.flags.last.eq(read_group == groups - 1),
+            drained.base.eq(read_base),
         ]
         with m.If(read):
             with m.If(read_group == groups - 1):
@@ -128,21 +134,38 @@ class Readout(wiring.Component):
         values = integrator.drain_data
         group_bits = len(values.as_value())
         shift = Signal(groups * group_bits)
-        with m.If(data_valid):
+        with m.If(drained.flags.valid):
             m.d.sync += shift.eq(Cat(shift[group_bits:], values.as_value()))
         m.d.comb += result.payload.logits.eq(shift[:outputs * self.logit_bits])
 
-        # Argmax of the group's lanes as a registered tree, one compare level
-        # per cycle (argmax_levels(P) = ceil(log2 P) stages; one compare per
-        # path keeps the 100 MHz ECP5 clock): pairs of neighbours, the left
-        # one holding the lower indices and winning ties; an odd one out
-        # passes to the next level unchanged.  The tree's winner then meets
-        # the running best on its way into best_value / best_index.
         candidates = []
         for lane in range(lanes):
-            valid = Const(1, 1) if lane < last_group_lanes else ~data_last
-            candidates.append((values[lane], data_base + lane, valid))
-        stage_valid, stage_first, stage_last = data_valid, data_first, data_last
+            valid = Const(1, 1) if lane < last_group_lanes else ~drained.flags.last
+            candidates.append((values[lane], drained.base + lane, valid))
+        (group_value, group_index), flags = self._argmax_tree(m, candidates, drained.flags)
+        # The group's winner meets the running best on its way into best_value / best_index.
+        best_value = Signal(signed(self.logit_bits))
+        best_index = Signal(range(outputs))
+        take_group = flags.first | (group_value > best_value)
+        new_index = Mux(take_group, group_index, best_index)
+        with m.If(flags.valid):
+            m.d.sync += [best_value.eq(Mux(take_group, group_value, best_value)), best_index.eq(new_index)]
+
+        with m.If(result.valid & result.ready):
+            m.d.sync += result.valid.eq(0)
+        with m.If(flags.valid & flags.last):
+            m.d.sync += [result.valid.eq(1), result.payload.cls.eq(new_index), pending.eq(0)]
+        return m
+
+    def _argmax_tree(self, m, candidates, flags):
+        """The argmax of a group's lanes as a registered tree, one compare level per cycle.
+
+        ``candidates`` are (value, index, valid) per lane.  :func:`argmax_levels`
+        (P) = ceil(log2 P) levels; one compare per path keeps the 100 MHz ECP5
+        clock.  Pairs of neighbours, the left one holding the lower indices and
+        winning ties; an odd one out passes to the next level unchanged.
+        Returns the winner's (value, index) and ``flags`` delayed alongside.
+        """
         level = 0
         while len(candidates) > 1:
             merged = []
@@ -157,26 +180,13 @@ class Readout(wiring.Component):
                               Mux(take_right, right_index, left_index),
                               left_valid | right_valid)
                 value = Signal(signed(self.logit_bits), name=f"tree{level}_{pair // 2}_value")
-                index = Signal(range(outputs), name=f"tree{level}_{pair // 2}_index")
+                index = Signal(range(self._layer.outputs), name=f"tree{level}_{pair // 2}_index")
                 valid = Signal(name=f"tree{level}_{pair // 2}_valid")
                 m.d.sync += [value.eq(chosen[0]), index.eq(chosen[1]), valid.eq(chosen[2])]
                 merged.append((value, index, valid))
             candidates = merged
-            next_valid, next_first, next_last = (Signal(name=f"tree{level}_{flag}")
-                                                 for flag in ("stage_valid", "first", "last"))
-            m.d.sync += [next_valid.eq(stage_valid), next_first.eq(stage_first), next_last.eq(stage_last)]
-            stage_valid, stage_first, stage_last = next_valid, next_first, next_last
+            delayed = Signal(group_flags_layout(), name=f"tree{level}_flags")
+            m.d.sync += delayed.eq(flags)
+            flags = delayed
             level += 1
-        group_value, group_index, _ = candidates[0]
-        best_value = Signal(signed(self.logit_bits))
-        best_index = Signal(range(outputs))
-        take_group = stage_first | (group_value > best_value)
-        new_index = Mux(take_group, group_index, best_index)
-        with m.If(stage_valid):
-            m.d.sync += [best_value.eq(Mux(take_group, group_value, best_value)), best_index.eq(new_index)]
-
-        with m.If(result.valid & result.ready):
-            m.d.sync += result.valid.eq(0)
-        with m.If(stage_valid & stage_last):
-            m.d.sync += [result.valid.eq(1), result.payload.cls.eq(new_index), pending.eq(0)]
-        return m
+        return candidates[0][:2], flags

@@ -8,12 +8,12 @@ lane 0 in the least significant bits, each value in two's complement:
 - weight ROM: word ``j * G + g`` holds W[g*P + lane][j] for every lane, so
   one read gives everything an input spike j adds to group g's slopes;
   ``weight_bits`` bits per lane.
-- bias ROM: word ``g`` holds Bias[g*P + lane], ``bias_bits(layer)`` bits per
+- bias ROM: word ``g`` holds Bias[g*P + lane], ``layer.bias_bits`` bits per
   lane.
 
 The same words initialise the ``amaranth.lib.memory.Memory`` ROMs of
-:mod:`hw.layer` and are written as ``$readmemh`` images (formatted by
-``sim.readmemh.format_words``) by :func:`write_rom_images`, so a synthesised
+:mod:`ttfs.hw.layer` and are written as ``$readmemh`` images (formatted by
+``ttfs.contract.readmemh.format_words``) by :func:`write_rom_images`, so a synthesised
 ROM can be re-initialised from a bundle without regenerating the Verilog.
 """
 
@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from hw.errors import HardwareError
-from sim.bundle import Layer
-from sim.readmemh import format_words
+from ttfs.contract.bundle import Layer
+from ttfs.contract.readmemh import format_words
+from ttfs.hw.errors import HardwareError
 
 
 @dataclass(frozen=True)
@@ -46,20 +45,6 @@ class LaneGeometry:
             raise HardwareError(f"lanes: {lanes} is below 1")
         used = min(int(lanes), outputs)
         return cls(used, -(-outputs // used))
-
-
-def signed_width(low: int, high: int) -> int:
-    """Smallest two's-complement width holding every integer in low..high (at least 1)."""
-    width = 1
-    while not (-(1 << (width - 1)) <= low and high <= (1 << (width - 1)) - 1):
-        width += 1
-    return width
-
-
-def bias_bits(layer: Layer) -> int:
-    """Signed width of the layer's biases."""
-    bias = np.asarray(layer.bias, dtype=np.int64)
-    return signed_width(int(bias.min()), int(bias.max()))
 
 
 def _pack_rows(values: np.ndarray, width: int) -> list[int]:
@@ -91,29 +76,32 @@ def pack_weights(layer: Layer, lanes: int) -> list[int]:
 
 
 def pack_biases(layer: Layer, lanes: int) -> list[int]:
-    """Bias ROM words (depth G): word g = the biases of group g, ``bias_bits(layer)`` per lane."""
+    """Bias ROM words (depth G): word g = the biases of group g, ``layer.bias_bits`` per lane."""
     geometry = LaneGeometry.of(layer.outputs, lanes)
     grouped = _grouped(np.asarray(layer.bias, dtype=np.int64), geometry)  # (G, P)
-    return _pack_rows(grouped, bias_bits(layer))
+    return _pack_rows(grouped, layer.bias_bits)
 
 
 def write_rom_images(layer: Layer, lanes: int, directory: str | os.PathLike) -> dict[str, Path]:
-    """Write ``<name>.weight.hex`` and ``<name>.bias.hex`` ($readmemh) for a layer.
+    """Write ``<name>.weight.p<P>.hex`` and ``<name>.bias.p<P>.hex`` ($readmemh) for a layer.
 
-    Returns {"weight": path, "bias": path}.  Word widths are P * weight_bits
-    and P * bias_bits(layer); the word order is the one described in this
+    P is the number of lanes the layer uses, min(lanes, outputs); the name
+    carries it because these words are lane-packed, unlike the bundle's
+    row-major ``<name>.weight.hex`` (``ttfs export``).  Returns
+    {"weight": path, "bias": path}.  Word widths are P * weight_bits and
+    P * layer.bias_bits; the word order is the one described in this
     module's docstring.
     """
     geometry = LaneGeometry.of(layer.outputs, lanes)
     # Format both images before writing either: a bad width leaves no file behind.
     texts = {
         "weight": format_words(pack_weights(layer, lanes), geometry.lanes * layer.weight_bits),
-        "bias": format_words(pack_biases(layer, lanes), geometry.lanes * bias_bits(layer)),
+        "bias": format_words(pack_biases(layer, lanes), geometry.lanes * layer.bias_bits),
     }
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = {}
     for kind, text in texts.items():
-        paths[kind] = directory / f"{layer.name}.{kind}.hex"
+        paths[kind] = directory / f"{layer.name}.{kind}.p{geometry.lanes}.hex"
         paths[kind].write_text(text, encoding="ascii")
     return paths

@@ -13,9 +13,9 @@ from __future__ import annotations
 from amaranth import Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
-
-from hw.errors import HardwareError
-from hw.events import bits_for, event_signature
+from ttfs.contract.streams import bits_for
+from ttfs.hw.errors import HardwareError
+from ttfs.hw.events import event_signature
 
 
 def trace_layout(time_steps: int, layers: int, widest: int) -> data.StructLayout:

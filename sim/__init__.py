@@ -1,0 +1,1 @@
+"""Reference models: the golden model and the event-by-event model (numpy only), and :mod:`ttfs.sim.verify`."""

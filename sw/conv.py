@@ -1,6 +1,6 @@
 """Convolutional TTFS layers in spike-time form, and networks built from lists of layers.
 
-The dense B1 layer (sw.ttfs.TTFSDense) carries over to convolutions
+The dense B1 layer (ttfs.sw.ttfs.TTFSDense) carries over to convolutions
 unchanged: every output neuron (channel o, row y, column x) integrates the
 spikes of its receptive field during the previous window, so at t_min(n)
 
@@ -15,7 +15,7 @@ convolution, exactly as the dense layer.
   t_max(n-1) = t_min(n), which is activation 0: exactly the zero padding of
   the ReLU network.  'valid' does not pad.  Stride is 1.
 - Border bias: folding a batch-norm shift or an input normalisation across
-  'same' zero padding (sw.folding) makes the bias depend on the position,
+  'same' zero padding (ttfs.sw.folding) makes the bias depend on the position,
   because padded positions see 0, not the shift.  A conv layer therefore
   holds, besides its per-channel ``bias`` (the value where the whole kernel
   lies inside the image), a buffer ``border_bias`` (out_channels, H, W) that
@@ -32,21 +32,26 @@ convolution, exactly as the dense layer.
   (C, H, W order, as the contract flattens images).
 
 :class:`TTFSLayerNetwork` chains such layers (conv, pool, flatten, dense,
-readout) with the window rule of sw.models.TTFSNetwork.  The ReLU twin's
+readout) with the windows and window rule every TTFS network shares
+(ttfs.sw.ttfs.WindowedNetwork).  The ReLU twin's
 modules (:class:`BorderBiasConv2d`, :class:`SignedMaxPool2d`) are ordinary
 torch modules with the same parameters.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
-
-from sim.errors import TTFSError
-from sw.ttfs import INPUT_WINDOW, TTFSDense, encode_input
+from ttfs.contract.errors import TTFSError
+from ttfs.sw.ttfs import (
+    DEFAULT_WINDOW_FACTOR,
+    TTFSDense,
+    WindowedLayer,
+    WindowedNetwork,
+    encode_input,
+)
 
 PADDINGS = ("same", "valid")
 
@@ -80,7 +85,7 @@ def check_conv_shape(in_channels: int, out_channels: int, kernel_size: int, padd
     return out
 
 
-class TTFSConv2d(nn.Module):
+class TTFSConv2d(WindowedLayer):
     """A 2-D convolutional TTFS layer (B1 mapping, stride 1) in spike-time form.
 
     Input: spike times (batch, in_channels, H, W) of the previous window,
@@ -117,33 +122,25 @@ class TTFSConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(out_channels, dtype=dtype))
         self.register_buffer("border_bias", torch.zeros(out_channels, *self.output_size, dtype=self.weight.dtype))
-        self.register_buffer("t_min", torch.tensor(t_min, dtype=self.weight.dtype))
-        self.register_buffer("t_max", torch.tensor(t_max, dtype=self.weight.dtype))
+        self._register_window(t_min, t_max)
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """torch.nn.Conv2d's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-        bound = 1.0 / math.sqrt(self.in_channels * self.kernel_size**2)
-        with torch.no_grad():
-            self.weight.uniform_(-bound, bound)
-            self.bias.uniform_(-bound, bound)
-
-    @property
-    def window(self) -> torch.Tensor:
-        """The coding window's length t_max - t_min."""
-        return self.t_max - self.t_min
 
     @property
     def outputs(self) -> int:
         """Number of output neurons (channels x rows x columns)."""
         return self.out_channels * self.output_size[0] * self.output_size[1]
 
+    @property
+    def pad_sizes(self) -> tuple[int, int, int, int]:
+        """The (left, right, top, bottom) sizes nn.functional.pad takes for 'same' padding."""
+        before, after = same_padding(self.kernel_size)
+        return before, after, before, after
+
     def pad_spike_times(self, t_in: torch.Tensor) -> torch.Tensor:
         """Pad with "no spike" (a spike at t_max(n-1) = t_min(n), activation 0) for 'same'."""
         if self.padding == "valid":
             return t_in
-        before, after = same_padding(self.kernel_size)
-        return nn.functional.pad(t_in, (before, after, before, after), value=float(self.t_min))
+        return nn.functional.pad(t_in, self.pad_sizes, value=float(self.t_min))
 
     def drive_at_t_min(self, t_in: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """V(t_min) + bias for input spike times ``t_in`` (batch, in, H, W).
@@ -154,13 +151,6 @@ class TTFSConv2d(nn.Module):
         weight = self.weight if weight is None else weight
         activations = self.t_min - self.pad_spike_times(t_in)
         return nn.functional.conv2d(activations, weight, self.bias) + self.border_bias
-
-    # The firing rule is the dense layer's: same threshold, same slope, same clip.
-    fire = TTFSDense.fire
-
-    def forward(self, t_in: torch.Tensor) -> torch.Tensor:
-        """Output spike times (batch, out_channels, H', W')."""
-        return self.fire(self.drive_at_t_min(t_in))
 
     def extra_repr(self) -> str:
         return (
@@ -256,140 +246,42 @@ class SignedMaxPool2d(_BlockPool):
         return _max_or_min_pool(x, self.size, self.min_channels)
 
 
-#: Layers that fire and own a coding window.
-FIRING_LAYERS = (TTFSConv2d, TTFSDense)
-
-
 def is_firing(layer: nn.Module) -> bool:
     """True for a layer that fires (conv, or dense that is not the readout)."""
-    return isinstance(layer, FIRING_LAYERS) and not layer.readout
+    return isinstance(layer, WindowedLayer) and not layer.readout
 
 
-class TTFSLayerNetwork(nn.Module):
+class TTFSLayerNetwork(WindowedNetwork):
     """A TTFS network given as a list of layers: conv, pool, flatten, dense, then a dense readout.
 
-    The interface follows sw.models.TTFSNetwork: ``layers``,
-    ``hidden_layers`` (the firing layers, in order), ``latency``,
-    ``windows()``/``set_windows()`` (one (t_min, t_max) per windowed layer:
-    the firing layers then the readout), ``forward(images, return_times)``
-    with the spike times of the input and of every firing layer,
-    ``activations``, ``fired`` and ``saturated``.  Pools and flatten pass
-    spike times through and have no window.  The window rule (training
-    mode) grows each firing layer's window to ``window_factor`` times the
-    batch's largest activation and shifts the later windows.
+    Windows, the window rule, ``hidden_layers`` (the firing layers),
+    ``windowed_layers`` (the firing layers then the readout), ``latency``,
+    ``windows()``/``set_windows()``, ``forward(images, return_times)``,
+    ``activations``, ``fired`` and ``saturated`` are those of every TTFS
+    network (ttfs.sw.ttfs.WindowedNetwork); pools and flatten pass spike
+    times through and have no window.
     """
+
+    description_error = ConvError
 
     def __init__(
         self,
         layers: Sequence[nn.Module],
         input_shape: Sequence[int],
         *,
-        window_factor: float = 10.0,
+        window_factor: float = DEFAULT_WINDOW_FACTOR,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
         if not layers or not isinstance(layers[-1], TTFSDense) or not layers[-1].readout:
             raise ConvError("the last layer of a TTFS network must be a dense readout")
-        if not window_factor > 1.0:
-            raise ConvError(f"window_factor: {window_factor} must be above 1 so no spike precedes its window")
         if sum(isinstance(layer, TTFSDense) and layer.readout for layer in layers) != 1:
             raise ConvError("a TTFS network has exactly one readout, the last layer")
+        super().__init__(layers, window_factor=window_factor, dtype=dtype)
         self.input_shape = tuple(input_shape)
-        self.window_factor = float(window_factor)
-        input_t_min, input_t_max = INPUT_WINDOW
-        self.register_buffer("input_t_min", torch.tensor(input_t_min, dtype=dtype))
-        self.register_buffer("input_t_max", torch.tensor(input_t_max, dtype=dtype))
-        self.layers = nn.ModuleList(layers)
-        # Chain the windows from the input's: each firing layer starts with length 1.
-        t_min = input_t_max
-        with torch.no_grad():
-            for layer in self.windowed_layers:
-                layer.t_min.fill_(t_min)
-                layer.t_max.fill_(t_min if layer.readout else t_min + 1.0)
-                t_min = float(layer.t_max)
-
-    @property
-    def windowed_layers(self) -> list[nn.Module]:
-        """Layers that own a window: the firing layers, then the readout."""
-        return [layer for layer in self.layers if isinstance(layer, FIRING_LAYERS)]
-
-    @property
-    def hidden_layers(self) -> list[nn.Module]:
-        """The firing layers, in order."""
-        return [layer for layer in self.layers if is_firing(layer)]
-
-    @property
-    def latency(self) -> float:
-        """The readout's t_min: the time at which the logits are read."""
-        return float(self.layers[-1].t_min)
-
-    def windows(self) -> list[tuple[float, float]]:
-        """(t_min, t_max) of every windowed layer, in order (readout: t_min == t_max)."""
-        return [(float(layer.t_min), float(layer.t_max)) for layer in self.windowed_layers]
-
-    def set_windows(self, windows: Sequence[tuple[float, float]]) -> None:
-        """Set every windowed layer's (t_min, t_max); they must chain and firing windows be non-empty."""
-        # Imported here: sw.models imports this module to load conv runs.
-        from sw.models import ModelError, check_chained
-
-        layers = self.windowed_layers
-        if len(windows) != len(layers):
-            raise ModelError(f"windows: expected {len(layers)} (t_min, t_max) pairs, got {len(windows)}")
-        check_chained(float(self.input_t_max), windows)
-        with torch.no_grad():
-            for layer, (t_min, t_max) in zip(layers, windows):
-                layer.t_min.fill_(t_min)
-                layer.t_max.fill_(t_max)
-
-    def _apply_window_rule(self, layer: nn.Module, drive: torch.Tensor) -> None:
-        """Grow ``layer``'s window to window_factor x the batch's largest activation."""
-        layers = self.windowed_layers
-        index = next(i for i, candidate in enumerate(layers) if candidate is layer)
-        with torch.no_grad():
-            needed = self.window_factor * drive.max().clamp_min(0)
-            growth = (needed - layer.window).clamp_min(0)
-            layer.t_max.add_(growth)
-            for later in layers[index + 1 :]:
-                later.t_min.add_(growth)
-                later.t_max.add_(growth)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Input spike times (batch, C, H, W) for images with values in [0, 1]."""
         return encode_input(images.reshape(images.shape[0], *self.input_shape), self.input_t_max)
-
-    def forward(self, images: torch.Tensor, return_times: bool = False):
-        """Logits (batch, classes); with ``return_times`` also the spike times of the
-        input and of every firing layer (each in its layer's own shape)."""
-        t = self.encode(images)
-        times = [t]
-        for layer in self.layers:
-            if not isinstance(layer, FIRING_LAYERS):
-                t = layer(t)
-                continue
-            drive = layer.drive_at_t_min(t)
-            if layer.readout:
-                logits = drive
-                break
-            if self.training:
-                self._apply_window_rule(layer, drive)
-            t = layer.fire(drive, clip_early=not self.training)
-            times.append(t)
-        return (logits, times) if return_times else logits
-
-    def _t_maxes(self) -> list[torch.Tensor]:
-        return [self.input_t_max, *(layer.t_max for layer in self.hidden_layers)]
-
-    def activations(self, times: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Spike times back to activations, t_max(n) - t, for the input and every firing layer."""
-        return [t_max - t for t_max, t in zip(self._t_maxes(), times)]
-
-    def fired(self, times: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Boolean masks of the neurons that spike (t < t_max), input and firing layers."""
-        return [t < t_max for t_max, t in zip(self._t_maxes(), times)]
-
-    def saturated(self, times: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Masks of firing neurons held at t_min (activation clipped at the window length)."""
-        return [t <= layer.t_min for layer, t in zip(self.hidden_layers, times[1:])]
 
     def neuron_counts(self) -> list[int]:
         """Neurons of the input and of every firing layer."""
@@ -404,7 +296,7 @@ class TTFSLayerNetwork(nn.Module):
     def synaptic_events(self, times: Sequence[torch.Tensor]) -> torch.Tensor:
         """Synaptic events summed over the batch: every (input spike, weight) pair that a
         weighted layer integrates, after pooling (only the pooled spike travels on)."""
-        total = torch.zeros((), dtype=torch.float64)
+        total = torch.zeros((), dtype=torch.float64, device=times[0].device)
         t = times[0]
         fired_index = 1
         previous_t_max = self.input_t_max
@@ -412,8 +304,8 @@ class TTFSLayerNetwork(nn.Module):
             if isinstance(layer, TTFSConv2d):
                 spikes = (t < previous_t_max).to(layer.weight.dtype)
                 # Every output neuron integrates the spikes inside its receptive field.
-                ones = torch.ones(1, layer.in_channels, layer.kernel_size, layer.kernel_size, dtype=spikes.dtype)
-                padded = nn.functional.pad(spikes, _pad_tuple(layer)) if layer.padding == "same" else spikes
+                ones = torch.ones(1, layer.in_channels, layer.kernel_size, layer.kernel_size, dtype=spikes.dtype, device=spikes.device)
+                padded = nn.functional.pad(spikes, layer.pad_sizes) if layer.padding == "same" else spikes
                 total += nn.functional.conv2d(padded, ones).sum().double() * layer.out_channels
             elif isinstance(layer, TTFSDense):
                 total += (t < previous_t_max).sum().double() * layer.outputs
@@ -421,11 +313,6 @@ class TTFSLayerNetwork(nn.Module):
                 t = times[fired_index]
                 previous_t_max = layer.t_max
                 fired_index += 1
-            elif not isinstance(layer, FIRING_LAYERS):
+            elif not isinstance(layer, WindowedLayer):
                 t = layer(t)
         return total
-
-
-def _pad_tuple(layer: TTFSConv2d) -> tuple[int, int, int, int]:
-    before, after = same_padding(layer.kernel_size)
-    return before, after, before, after

@@ -1,16 +1,25 @@
-"""Export a trained run as a contract-v1 bundle with ROM images, a report and test vectors.
+"""Export a trained run as a contract bundle with ROM images, a report and test vectors.
 
-``export_run`` loads a run (``sw.models.load_run``), chooses the scales on
-calibration images (``sw.quantize.calibrate``), optionally fine-tunes with
-the integer forward (``sw.quantize.finetune``), converts to integers and
-checks the result against the golden model on the run's test split.
-``write_export`` saves the bundle atomically (``sim.bundle.save_bundle``)
-with these extra files (layouts in docs/export.md):
+A dense run becomes a contract-v1 bundle, a conv run (``--arch vgg``, batch
+norm folded or not) a contract-v2 bundle whose conv2d layers carry their
+pools and, where a fold left a border bias, one bias per position.
+``export_run`` loads a run (``ttfs.sw.models.load_run``), maps it onto the
+contract (``ttfs.sw.quantize.check_expressible``, which refuses what the
+contract cannot express, such as a min-pool), chooses the scales on
+calibration images (``ttfs.sw.quantize.calibrate``), optionally fine-tunes
+with the integer forward (``ttfs.sw.quantize.finetune``), converts to
+integers and checks the result against the golden model on the run's test
+split.  ``write_export`` saves the bundle atomically
+(``ttfs.contract.bundle.save_bundle``) with these extra files (layouts in
+docs/export.md):
 
-- ``<layer>.weight.hex``: $readmemh, one weight per line, row-major
-  (word i*inputs + j is W[i][j]), weight_bits wide, two's complement;
-- ``<layer>.bias.hex``: one bias per line, as wide as the layer's biases need
-  (two's complement), width in report.json;
+- ``<layer>.weight.hex``: $readmemh, one weight per line, row-major over the
+  weight's shape (dense: word i*inputs + j is W[i][j]; conv2d: word
+  ((o*C + c)*k + ky)*k + kx is W[o][c][ky][kx]), weight_bits wide, two's
+  complement;
+- ``<layer>.bias.hex``: one bias per line, row-major over the bias's shape
+  (word i = Bias[i]; per position word (o*H_out + y)*W_out + x), as wide as
+  the layer's biases need (two's complement), width in report.json;
 - ``input.lut.hex``: the input table, channel-major (word 256*c + v), unsigned;
 - ``report.json``: accuracies, per-layer figures, ROM sizes, board fit;
 - ``vectors.npz``: the first test images with the golden activations,
@@ -30,20 +39,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from sim import golden
-from sim.bundle import (
+from ttfs.contract.boards import BOARDS, KBIT, BlockMemory
+from ttfs.contract.bundle import (
     MAX_POTENTIAL_BITS,
     Bundle,
     Layer,
+    conv2d_layer,
     describe,
     layer_potential_bounds,
     npz_bytes,
     save_bundle,
     signed_bits,
 )
-from sim.errors import TTFSError
-from sim.readmemh import format_words
+from ttfs.contract.datasets import Dataset
+from ttfs.contract.errors import TTFSError
+from ttfs.contract.readmemh import format_words
+from ttfs.sim import golden
+from ttfs.sw import sweeps
 
 REPORT_FILE = "report.json"
 VECTORS_FILE = "vectors.npz"
@@ -52,16 +64,6 @@ DEFAULT_VECTORS = 64
 DEFAULT_CALIBRATION_IMAGES = 1000
 DEFAULT_QAT_LR = 1e-4
 DEFAULT_QAT_BATCH = 32
-
-#: Block-RAM budgets: (board, memory kind, count, bits per block).  Xilinx
-#: 36 Kbit blocks count their parity bits (usable with 9/18/36-bit words).
-BOARDS: tuple[dict[str, Any], ...] = (
-    {"board": "Arty A7-35T", "memories": [("BRAM36", 50, 36 * 1024)]},
-    {"board": "Arty A7-100T", "memories": [("BRAM36", 135, 36 * 1024)]},
-    {"board": "ULX3S ECP5-85F", "memories": [("EBR18", 208, 18 * 1024)]},
-    {"board": "iCEBreaker iCE40UP5K", "memories": [("EBR4", 30, 4 * 1024), ("SPRAM256", 4, 256 * 1024)]},
-)
-
 
 class ExportError(TTFSError):
     """An export request that cannot be carried out (bad settings, inexpressible network)."""
@@ -80,12 +82,6 @@ class ExportResult:
 # files
 
 
-def bias_width(bias: np.ndarray) -> int:
-    """Signed width of a bias vector: the smallest two's-complement width holding every entry (at least 2)."""
-    largest = max(int(np.max(bias)), -int(np.min(bias)) - 1, 1)
-    return largest.bit_length() + 1
-
-
 def rom_images(bundle: Bundle) -> tuple[dict[str, bytes], list[dict[str, Any]]]:
     """($readmemh files by name, one description per ROM) for every weight and bias matrix and the input table."""
     files: dict[str, bytes] = {}
@@ -101,46 +97,58 @@ def rom_images(bundle: Bundle) -> tuple[dict[str, bytes], list[dict[str, Any]]]:
     lut_width = int(bundle.time_steps).bit_length()
     add(LUT_ROM_FILE, "input.lut", bundle.lut, lut_width, False, "word 256*c + v = lut[c][v]")
     for layer in bundle.layers:
-        add(f"{layer.name}.weight.hex", f"{layer.name}.weight", layer.weight, layer.weight_bits, True,
-            "row-major: word i*inputs + j = W[i][j]")
-        add(f"{layer.name}.bias.hex", f"{layer.name}.bias", layer.bias, bias_width(layer.bias), True,
-            "word i = Bias[i]")  # fmt: skip
+        weight_layout, bias_layout = rom_layouts(layer)
+        add(f"{layer.name}.weight.hex", f"{layer.name}.weight", layer.weight, layer.weight_bits, True, weight_layout)
+        add(f"{layer.name}.bias.hex", f"{layer.name}.bias", layer.bias, layer.bias_bits, True, bias_layout)
     return files, roms
 
 
+def rom_layouts(layer: Layer) -> tuple[str, str]:
+    """How ``layer``'s weight and bias ROM words map to the arrays: row-major over each array's shape."""
+    if not layer.is_conv:
+        return "row-major: word i*inputs + j = W[i][j]", "word i = Bias[i]"
+    weight = "row-major: word ((o*C + c)*k + ky)*k + kx = W[o][c][ky][kx]"
+    if layer.bias_per == "position":
+        return weight, "row-major: word (o*H_out + y)*W_out + x = Bias[o][y][x]"
+    return weight, "word o = Bias[o]"
+
+
 def board_fit(roms: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Which boards hold every ROM in block RAM.
+    """Which boards of ttfs.contract.boards hold every ROM in their block memories.
 
     Each ROM takes ceil(bits / block bits) whole blocks (data packed densely
-    into words, as the hardware's lanes do); nothing shares a block.  On
-    the iCE40UP5K the largest ROMs go to the 256 Kbit SPRAMs first when the
-    4 Kbit EBRs do not suffice (SPRAM is RAM: it is filled at start-up).
+    into words, as the hardware's lanes do); nothing shares a block.  On a
+    board with an overflow memory (the iCE40UP5K's 256 Kbit SPRAMs) the
+    largest ROMs go there first when block RAM does not suffice (SPRAM is
+    RAM: it is filled at start-up).
     """
     sizes = sorted((rom["bits"] for rom in roms), reverse=True)
+
+    def blocks(sizes: Sequence[int], memory: BlockMemory) -> int:
+        return sum(math.ceil(bits / memory.bits) for bits in sizes)
+
     fits = []
-    for board in BOARDS:
-        memories = board["memories"]
-        primary_kind, primary_count, primary_bits = memories[0]
-        primary_needed = sum(math.ceil(bits / primary_bits) for bits in sizes)
+    for board in BOARDS.values():
+        block_ram, overflow = board.memories[0], board.overflow_memory
+        needed = blocks(sizes, block_ram)
         entry: dict[str, Any] = {
-            "board": board["board"],
-            "budget": " + ".join(f"{count} x {bits // 1024} Kbit {kind}" for kind, count, bits in memories),
-            "blocks_needed": {primary_kind: primary_needed},
-            "fits": primary_needed <= primary_count,
+            "board": board.label,
+            "budget": " + ".join(f"{m.count} x {m.bits // KBIT} Kbit {m.kind}" for m in board.memories),
+            "blocks_needed": {block_ram.kind: needed},
+            "fits": needed <= block_ram.count,
         }
-        if not entry["fits"] and len(memories) > 1:
-            _, spare_count, spare_bits = memories[1]
-            spare_used = 0
+        if not entry["fits"] and overflow is not None:
+            overflow_used = 0
             remaining = list(sizes)
-            while remaining and sum(math.ceil(b / primary_bits) for b in remaining) > primary_count:
-                needed = math.ceil(remaining[0] / spare_bits)
-                if spare_used + needed > spare_count:
+            while remaining and blocks(remaining, block_ram) > block_ram.count:
+                more = math.ceil(remaining[0] / overflow.bits)
+                if overflow_used + more > overflow.count:
                     break
-                spare_used += needed
+                overflow_used += more
                 remaining.pop(0)
-            primary_used = sum(math.ceil(b / primary_bits) for b in remaining)
-            entry["blocks_needed"] = {primary_kind: primary_used, memories[1][0]: spare_used}
-            entry["fits"] = primary_used <= primary_count
+            block_ram_used = blocks(remaining, block_ram)
+            entry["blocks_needed"] = {block_ram.kind: block_ram_used, overflow.kind: overflow_used}
+            entry["fits"] = block_ram_used <= block_ram.count
         fits.append(entry)
     return fits
 
@@ -154,7 +162,7 @@ def vectors_arrays(bundle: Bundle, images: np.ndarray, labels: np.ndarray | None
     image's canonical trace, images in order.
     """
     result = golden.run(bundle, images)
-    names = ["input"] + [layer.name for layer in bundle.hidden_layers]
+    names = bundle.spiking_layer_names
     arrays: dict[str, np.ndarray] = {"images": np.asarray(images, dtype=np.uint8)}
     if labels is not None:
         arrays["labels"] = np.asarray(labels, dtype=np.int64)
@@ -177,18 +185,24 @@ def vectors_arrays(bundle: Bundle, images: np.ndarray, labels: np.ndarray | None
 
 def build_bundle(plan, arrays: Sequence[tuple[np.ndarray, np.ndarray]], input_shape: Sequence[int],
                  classes: Sequence[str] | None, meta: dict[str, Any]) -> Bundle:  # fmt: skip
-    """The bundle of integer ``arrays`` (W, Bias per layer) under ``plan`` (sw.quantize.QuantPlan).
+    """The bundle of integer ``arrays`` (W, Bias per layer) under ``plan`` (ttfs.sw.quantize.QuantPlan).
 
     Raises ExportError naming the layer whose potential bound needs more than 48 bits.
     """
     channels, height, width = (int(v) for v in input_shape)
     layers = []
     for scales, (weight, bias) in zip(plan.layers, arrays):
-        layer = Layer(
-            name=scales.name, kind="dense", inputs=int(weight.shape[1]), outputs=int(weight.shape[0]),
-            weight_bits=scales.weight_bits, ramp_shift=scales.ramp_shift, readout=scales.readout,
-            weight=np.asarray(weight, dtype=np.int64), bias=np.asarray(bias, dtype=np.int64),
-        )  # fmt: skip
+        weight, bias = np.asarray(weight, dtype=np.int64), np.asarray(bias, dtype=np.int64)
+        if scales.conv is not None:
+            conv = scales.conv
+            layer = conv2d_layer(scales.name, conv.input_shape, weight, bias, weight_bits=scales.weight_bits,
+                                 ramp_shift=scales.ramp_shift, padding=conv.padding, pool_size=conv.pool_size)  # fmt: skip
+        else:
+            layer = Layer(
+                name=scales.name, kind="dense", inputs=int(weight.shape[1]), outputs=int(weight.shape[0]),
+                weight_bits=scales.weight_bits, ramp_shift=scales.ramp_shift, readout=scales.readout,
+                weight=weight, bias=bias,
+            )  # fmt: skip
         bound = int(layer_potential_bounds(layer, plan.time_steps).max())
         if signed_bits(bound) > MAX_POTENTIAL_BITS:
             raise ExportError(
@@ -213,13 +227,43 @@ def calibration_subset(count: int, available: int, seed: int) -> np.ndarray:
 
 
 def clipped_fractions(bundle: Bundle, activations: Sequence[np.ndarray]) -> list[float]:
-    """Per hidden layer, the fraction of activations whose unclipped value floor((V+Bias)/R) exceeds T."""
-    fractions = []
-    for layer, inputs in zip(bundle.hidden_layers, activations):
-        # float64 holds these integers exactly (bounds are below 2^48).
-        potential = inputs.astype(np.float64) @ layer.weight.T.astype(np.float64) + layer.bias
-        fractions.append(float(np.mean(np.floor(potential / layer.ramp) > bundle.time_steps)))
-    return fractions
+    """Per hidden layer, the fraction of its neurons (a conv2d layer's before pooling) whose unclipped
+    value floor((V+Bias)/R) exceeds T; ``activations[k]`` enters hidden layer k (golden activations)."""
+    from ttfs.sw import quantize
+
+    return quantize.IntegerNetwork.from_bundle(bundle).clipped_fractions(activations)
+
+
+def _clip_percentile(clip_percentile: float | None) -> float:
+    """The checked clip percentile, ttfs.sw.quantize's default when None."""
+    from ttfs.sw import quantize
+
+    return quantize.check_percentile(quantize.DEFAULT_CLIP_PERCENTILE if clip_percentile is None else clip_percentile)
+
+
+@dataclass
+class RunData:
+    """A trained run with what an export needs: its float network (contract-expressible), config and
+    name, the data set's train and test splits, and the float network's test accuracy."""
+
+    model: Any  # ttfs.sw.models.TTFSNetwork (torch stays out of this module's imports)
+    config: dict[str, Any]
+    name: str
+    train_set: Dataset
+    test_set: Dataset
+    float_accuracy: float
+
+
+def load_run_data(run_dir: str | Path) -> RunData:
+    """Load the run in ``run_dir`` and its data set, read as the run was trained on it (ttfs.sw.training.load_split)."""
+    from ttfs.sw import models, quantize, training
+
+    model, config = models.load_run(run_dir)
+    quantize.check_expressible(model)
+    train_set, test_set = (training.load_split(config, split) for split in ("train", "test"))
+    float_images, float_labels = training.to_tensors(test_set, models.DTYPES[config["dtype"]])
+    float_accuracy = training.evaluate(model, float_images, float_labels)["accuracy"]
+    return RunData(model, config, config.get("name", Path(run_dir).name), train_set, test_set, float_accuracy)
 
 
 def export_run(
@@ -237,27 +281,17 @@ def export_run(
     progress: bool = False,
 ) -> ExportResult:
     """Quantise the run in ``run_dir`` and check it; nothing is written (see :func:`write_export`)."""
-    from sw import models, quantize, training
-    from sw.datasets import load_dataset
+    from ttfs.sw import quantize
 
     bits = quantize.check_weight_bits(weight_bits)
     steps = quantize.check_time_steps(time_steps)
-    percentile = quantize.check_percentile(quantize.DEFAULT_CLIP_PERCENTILE if clip_percentile is None else clip_percentile)
+    percentile = _clip_percentile(clip_percentile)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ExportError(f"seed: {seed!r} is not an integer >= 0")
     if isinstance(vectors, bool) or not isinstance(vectors, int) or vectors < 1:
         raise ExportError(f"vectors: {vectors!r} is not a positive number of images")
-    model, config = models.load_run(run_dir)
-    quantize.check_expressible(model)
-    train_set = load_dataset(config["dataset"], "train", config.get("data_dir"))
-    test_set = load_dataset(config["dataset"], "test", config.get("data_dir"))
-    for split, dataset in (("train", train_set), ("test", test_set)):
-        if list(dataset.images.shape[1:]) != config["input_shape"] or dataset.labels is None:
-            raise ExportError(f"{config['dataset']} {split} split: images {list(dataset.images.shape[1:])} "
-                              f"with labels do not match the run's input {config['input_shape']}")  # fmt: skip
-
-    float_images, float_labels = training.to_tensors(test_set, models.DTYPES[config["dtype"]])
-    float_accuracy = training.evaluate(model, float_images, float_labels)["accuracy"]
+    run = load_run_data(run_dir)
+    model, config, train_set, test_set = run.model, run.config, run.train_set, run.test_set
 
     subset = calibration_subset(calibrate, len(train_set.labels), seed)
     plan = quantize.calibrate(model, train_set.images[subset], bits, steps, percentile)
@@ -278,7 +312,7 @@ def export_run(
         bar.close()
 
     meta = {
-        "source": {"run": config.get("name", Path(run_dir).name), "dataset": config["dataset"], "sizes": model.sizes},
+        "source": {"run": run.name, "dataset": config["dataset"], "sizes": model.sizes},
         "exporter": "sw.export (ttfs export)",
         "settings": {"calibrate": len(subset), "clip_percentile": percentile, "qat_epochs": qat_epochs,
                      "qat_lr": qat_lr, "qat_batch_size": qat_batch_size, "seed": seed, "bias_rounding": True},
@@ -293,7 +327,7 @@ def export_run(
         raise ExportError(str(err)) from None
     bundle = build_bundle(plan, arrays, config["input_shape"], config["classes"], meta)
 
-    result = golden.run(bundle, test_set.images)
+    result = golden.run(bundle, test_set.images, pre_pool=True)
     integer_accuracy = float(np.mean(result.classes == test_set.labels))
     # The fine-tuned (or calibrated) integer forward must be the network the golden model runs.
     torch_logits, torch_activations = network.predict(test_set.images)
@@ -305,22 +339,29 @@ def export_run(
 
     bounds = golden.potential_bounds(bundle)
     spikes = result.spikes_per_neuron()
+    events = result.events_per_output()
     clipped = clipped_fractions(bundle, result.activations[:-1])
     files, roms = rom_images(bundle)
     layer_rows = []
     for index, (layer, scales, bound) in enumerate(zip(bundle.layers, plan.layers, bounds)):
-        row = {
-            "name": layer.name, "inputs": layer.inputs, "outputs": layer.outputs, "readout": layer.readout,
+        row = {"name": layer.name, "inputs": layer.inputs, "outputs": layer.outputs}
+        if layer.is_conv:
+            row.update(conv_shapes(layer))
+        row.update({
+            "readout": layer.readout,
             "weight_bits": layer.weight_bits, "ramp_shift": None if layer.readout else layer.ramp_shift,
             "weight_min": int(layer.weight.min()), "weight_max": int(layer.weight.max()),
-            "bias_bits": bias_width(layer.bias),
+            "bias_bits": layer.bias_bits,
             "potential_bound": bound.bound, "register_bits": bound.bits,
             "activation_step": scales.activation_step, "weight_scale": scales.weight_scale,
-        }  # fmt: skip
+        })  # fmt: skip
         if not layer.readout:
+            # A conv2d layer's neurons before pooling: the figures training reports.
             row["clipped_fraction"] = clipped[index]
-            row["at_T_fraction"] = float(np.mean(result.activations[index + 1] == steps))
+            row["at_T_fraction"] = float(np.mean(result.pre_pool_activations[index + 1] == steps))
             row["spikes_per_neuron"] = spikes[index + 1]
+            if layer.is_conv:
+                row["events_per_output"] = events[index + 1]
         layer_rows.append(row)
     weight_rom_bits = sum(rom["bits"] for rom in roms if rom["array"].endswith(".weight"))
     report = {
@@ -331,10 +372,10 @@ def export_run(
         "sizes": model.sizes,
         "time_steps": steps,
         "weight_bits": bits,
-        "float_accuracy": float_accuracy,
+        "float_accuracy": run.float_accuracy,
         "integer_accuracy": integer_accuracy,
         "calibrated_integer_accuracy": calibrated_accuracy,
-        "accuracy_change_pp": 100 * (integer_accuracy - float_accuracy),
+        "accuracy_change_pp": 100 * (integer_accuracy - run.float_accuracy),
         "integer_torch_equals_golden": True,
         "calibration": {"images": int(len(subset)), "clip_percentile": percentile, "seed": seed, "bias_rounding": True},
         "qat": {"epochs": qat_epochs, "lr": qat_lr, "batch_size": qat_batch_size, "history": history},
@@ -352,6 +393,22 @@ def export_run(
     files[VECTORS_FILE] = npz_bytes(vectors_arrays(bundle, test_set.images[:count], test_set.labels[:count]))
     files[REPORT_FILE] = (json.dumps(report, indent=2) + "\n").encode("utf-8")
     return ExportResult(bundle, report, files)
+
+
+def conv_shapes(layer: Layer) -> dict[str, Any]:
+    """A conv2d layer's shapes for the report: input map, convolution (before pooling), output
+    map, kernel, padding, pool, bias layout and neuron count."""
+    return {
+        "kind": layer.kind,
+        "input_shape": list(layer.input_shape),
+        "conv_shape": list(layer.conv_shape),
+        "output_shape": list(layer.output_shape),
+        "kernel_size": layer.kernel_size,
+        "padding": layer.padding,
+        "pool_size": layer.pool_size,
+        "bias_per": layer.bias_per,
+        "neurons": layer.neurons,
+    }
 
 
 def write_export(result: ExportResult, out: str | Path) -> Path:
@@ -382,6 +439,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         spikes = f"{row['spikes_per_neuron']:.3f}" if "spikes_per_neuron" in row else "-"
         lines.append(f"{row['name']:<8}{row['inputs']:>6}{row['outputs']:>6}{row['weight_bits']:>6}{shift:>7}"
                      f"{step:>10}{clipped:>9}{row['potential_bound']:>12}{row['register_bits']:>5}{spikes:>10}")  # fmt: skip
+    for row in report["layers"]:
+        if row.get("kind") == "conv2d":
+            shapes = ["x".join(str(size) for size in row[key]) for key in ("input_shape", "conv_shape", "output_shape")]
+            lines.append(f"{row['name']:<8}{shapes[0]} -> {row['kernel_size']}x{row['kernel_size']} {row['padding']} "
+                         f"-> {shapes[1]} -> pool {row['pool_size']} -> {shapes[2]}; bias per {row['bias_per']}; "
+                         f"spikes/n before the pool, events on {100 * row['events_per_output']:.1f} % of outputs")  # fmt: skip
     lines.append(f"ROMs         weights {report['weight_rom_bits']:,} bits; all ROMs {report['rom_bits']:,} bits")
     for board in report["boards"]:
         used = ", ".join(f"{count} {kind}" for kind, count in board["blocks_needed"].items())
@@ -424,79 +487,63 @@ def sweep(
     clip_percentile: float | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Integer (golden) test accuracy of the calibrated export for every (bits, T) pair."""
-    from tqdm import tqdm
+    """Integer (golden) test accuracy of the calibrated export for every (bits, T) pair.
 
-    from sw import models, quantize, training
-    from sw.datasets import load_dataset
+    One row per pair (ttfs.sw.sweeps): ``weight_bits``, ``time_steps``,
+    ``integer_accuracy`` and the hidden layers' ``ramp_shifts``.
+    """
+    from ttfs.sw import quantize
 
     bits_list = [quantize.check_weight_bits(b) for b in weight_bits]
     steps_list = [quantize.check_time_steps(t) for t in time_steps]
-    percentile = quantize.check_percentile(quantize.DEFAULT_CLIP_PERCENTILE if clip_percentile is None else clip_percentile)
-    model, config = models.load_run(run_dir)
-    train_set = load_dataset(config["dataset"], "train", config.get("data_dir"))
-    test_set = load_dataset(config["dataset"], "test", config.get("data_dir"))
-    float_images, float_labels = training.to_tensors(test_set, models.DTYPES[config["dtype"]])
-    float_accuracy = training.evaluate(model, float_images, float_labels)["accuracy"]
-    calibration = train_set.images[calibration_subset(calibrate, len(train_set.labels), seed)]
-    rows = []
-    pairs = [(b, t) for t in steps_list for b in bits_list]
-    for bits, steps in tqdm(pairs, desc="sweep", unit="export", disable=not progress):
-        plan = quantize.calibrate(model, calibration, bits, steps, percentile)
-        network = quantize.IntegerNetwork.from_float(model, plan)
-        bundle = build_bundle(plan, network.integer_arrays(), config["input_shape"], config["classes"], {})
+    percentile = _clip_percentile(clip_percentile)
+    run = load_run_data(run_dir)
+    test_set = run.test_set
+    calibration = run.train_set.images[calibration_subset(calibrate, len(run.train_set.labels), seed)]
+
+    def measure(weight_bits: int, time_steps: int) -> dict[str, Any]:
+        plan = quantize.calibrate(run.model, calibration, weight_bits, time_steps, percentile)
+        network = quantize.IntegerNetwork.from_float(run.model, plan)
+        bundle = build_bundle(plan, network.integer_arrays(), run.config["input_shape"], run.config["classes"], {})
         result = golden.run(bundle, test_set.images)
-        rows.append({
-            "weight_bits": bits, "time_steps": steps,
+        return {
             "integer_accuracy": float(np.mean(result.classes == test_set.labels)),
             "ramp_shifts": [layer.ramp_shift for layer in bundle.hidden_layers],
-        })  # fmt: skip
+        }
+
+    points = [{"weight_bits": bits, "time_steps": steps} for steps in steps_list for bits in bits_list]
     return {
-        "source_run": config.get("name", Path(run_dir).name),
-        "dataset": config["dataset"],
+        "source_run": run.name,
+        "dataset": run.config["dataset"],
         "test_images": int(len(test_set.labels)),
-        "float_accuracy": float_accuracy,
+        "float_accuracy": run.float_accuracy,
         "calibration": {"images": int(len(calibration)), "clip_percentile": percentile, "seed": seed},
-        "results": rows,
+        "results": sweeps.measure_points(points, measure, progress=progress, unit="export"),
     }
 
 
 def sweep_table(sweep_report: dict[str, Any]) -> list[str]:
     """Accuracy table (rows: weight bits, columns: T) in percent."""
-    rows = sweep_report["results"]
-    bits_list = sorted({r["weight_bits"] for r in rows})
-    steps_list = sorted({r["time_steps"] for r in rows})
-    accuracy = {(r["weight_bits"], r["time_steps"]): r["integer_accuracy"] for r in rows}
-    lines = [f"integer accuracy (%) of {sweep_report['source_run']} on {sweep_report['dataset']} test "
-             f"({sweep_report['test_images']} images); float SNN {100 * sweep_report['float_accuracy']:.2f} %",
-             f"{'bits':>5}" + "".join(f"{'T=' + str(t):>9}" for t in steps_list)]  # fmt: skip
-    for bits in bits_list:
-        lines.append(f"{bits:>5}" + "".join(f"{100 * accuracy[(bits, t)]:>9.2f}" for t in steps_list))
-    return lines
+    title = (f"integer accuracy (%) of {sweep_report['source_run']} on {sweep_report['dataset']} test "
+             f"({sweep_report['test_images']} images); float SNN {100 * sweep_report['float_accuracy']:.2f} %")  # fmt: skip
+    return sweeps.table(sweep_report["results"], "weight_bits", "bits", lambda row: f"{100 * row['integer_accuracy']:6.2f}",
+                        column_key="time_steps", column_header=lambda steps: f"T={steps}", title=title)  # fmt: skip
 
 
 def plot_sweep(sweep_report: dict[str, Any], path: str | Path) -> None:
-    """Accuracy against weight bits, one line per T, float SNN dashed (PNG, Agg backend).
+    """Accuracy against weight bits, one line per T, float SNN dashed (PNG, ttfs.sw.sweeps.plot).
 
     Two panels: the whole range, and a zoom on the 5 percentage points below the float accuracy.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     rows = sweep_report["results"]
     float_percent = 100 * sweep_report["float_accuracy"]
-    figure = Figure(figsize=(10, 4), layout="constrained")
-    FigureCanvasAgg(figure)
-    full, zoom = figure.subplots(1, 2)
-    for axes in (full, zoom):
-        for steps in sorted({r["time_steps"] for r in rows}):
-            points = sorted((r["weight_bits"], 100 * r["integer_accuracy"]) for r in rows if r["time_steps"] == steps)
-            axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"T = {steps}")
-        axes.axhline(float_percent, color="black", linestyle="--", linewidth=1, label="float SNN")
-        axes.set(xlabel="weight bits", ylabel="integer test accuracy (%)")
-        axes.grid(alpha=0.3)
-    zoom.set_ylim(float_percent - 5, min(100.0, float_percent + 1))
-    zoom.set_title("zoom")
-    zoom.legend()
-    full.set_title(f"{sweep_report['source_run']}: calibrated export")
-    figure.savefig(path, dpi=100)
+    curves = []
+    for steps in sorted({r["time_steps"] for r in rows}):
+        points = sorted((r["weight_bits"], 100 * r["integer_accuracy"]) for r in rows if r["time_steps"] == steps)
+        curves.append(sweeps.Curve([p[0] for p in points], [p[1] for p in points], label=f"T = {steps}"))
+    common = {"xlabel": "weight bits", "ylabel": "integer test accuracy (%)", "reference": ("float SNN", float_percent)}
+    panels = [
+        sweeps.Panel(curves, title=f"{sweep_report['source_run']}: calibrated export", **common),
+        sweeps.Panel(curves, title="zoom", ylim=(float_percent - 5, min(100.0, float_percent + 1)), legend=True, **common),
+    ]
+    sweeps.plot(path, panels, panel_size=(5, 4))

@@ -3,8 +3,8 @@
 Every fine-tuning runs the network through :func:`hardware_forward`, the
 TTFS forward pass with the hardware's imperfections applied, and trains
 through it (windows fixed, straight-through gradients where rounding is
-involved).  It works for the dense networks of sw.models and the conv
-networks of sw.conv alike.
+involved).  It works for the dense networks of ttfs.sw.models and the conv
+networks of ttfs.sw.conv alike.
 
 - Spike-time noise (``noise`` = sigma): every hidden spike is jittered by
   Gaussian noise of standard deviation sigma x (the layer's window length),
@@ -32,8 +32,11 @@ networks of sw.conv alike.
   most of the T steps are never used), so when T is given without Q the
   windows are shrunk to :data:`DEFAULT_TIME_QUANTILE`.
 
-:func:`finetune` measures every setting before and after fine-tuning and
-returns a report; :func:`sweep` evaluates accuracy against noise, T or B.
+:func:`finetune` measures every setting before and after fine-tuning (the
+training loop is ttfs.sw.fitting's) and returns a report; :func:`sweep`
+evaluates accuracy against noise, T or B (tables and plots of ttfs.sw.sweeps).
+Rounding is the quantisation's (ttfs.sw.quantize.round_half_up, with its
+straight-through gradients).
 """
 
 from __future__ import annotations
@@ -48,10 +51,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-
-from sim.errors import TTFSError
-from sw.conv import TTFSConv2d, TTFSLayerNetwork
-from sw.ttfs import Alpha1Dense, TTFSDense, encode_input
+from ttfs.contract.errors import TTFSError
+from ttfs.sw import fitting, sweeps
+from ttfs.sw.quantize import round_half_up, signed_range, straight_through
+from ttfs.sw.ttfs import Alpha1Dense, WindowedLayer
 
 #: Window quantile used for time quantisation when no latency quantile is given.
 DEFAULT_TIME_QUANTILE = 0.9999
@@ -112,39 +115,34 @@ class HardwareSettings:
         return ", ".join(parts) or "ideal"
 
 
-def _straight_through(continuous: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
-    """``exact`` forward, the identity's gradient backward."""
-    return continuous + (exact - continuous).detach()
-
-
 def weight_scale(weight: torch.Tensor, bits: int) -> float:
     """The power-of-two scale 2^ceil(log2(max|W| / (2^(B-1) - 1))) that fits the largest weight."""
     largest = float(weight.detach().abs().max())
     if largest == 0:
         return 1.0
-    return 2.0 ** math.ceil(math.log2(largest / ((1 << (bits - 1)) - 1)))
+    return 2.0 ** math.ceil(math.log2(largest / signed_range(bits)[1]))
 
 
 def quantize_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
     """B-bit signed integers times a power-of-two scale, with straight-through gradients."""
     scale = weight_scale(weight, bits)
-    half = 1 << (bits - 1)
-    levels = torch.clamp(torch.floor(weight.detach() / scale + 0.5), -half, half - 1)
-    return _straight_through(weight, levels * scale)
+    levels = torch.clamp(round_half_up(weight.detach() / scale), *signed_range(bits))
+    return straight_through(weight, levels * scale)
 
 
 def quantize_activation(activation: torch.Tensor, window: torch.Tensor, steps: int) -> torch.Tensor:
     """Activations in [0, window] on a grid of ``steps`` steps (round half up), straight-through."""
     step = window / steps
-    levels = torch.clamp(torch.floor(activation.detach() / step + 0.5), 0, steps)
-    return _straight_through(activation, levels * step)
+    levels = torch.clamp(round_half_up(activation.detach() / step), 0, steps)
+    return straight_through(activation, levels * step)
 
 
 def jitter_spike_times(
     times: torch.Tensor, t_min: torch.Tensor, t_max: torch.Tensor, sigma: float, generator: torch.Generator | None
 ) -> torch.Tensor:
     """Gaussian jitter of std sigma x window on the neurons that fired; silent ones stay at t_max."""
-    noise = torch.randn(times.shape, generator=generator, dtype=times.dtype) * (sigma * (t_max - t_min))
+    # Drawn on the CPU (the generator's device): the same noise on any device.
+    noise = torch.randn(times.shape, generator=generator, dtype=times.dtype).to(times.device) * (sigma * (t_max - t_min))
     jittered = torch.minimum(torch.maximum(times + noise, t_min), t_max)
     return torch.where(times < t_max, jittered, times)
 
@@ -159,45 +157,37 @@ def check_network(model: nn.Module) -> None:
             raise FineTuneError(f"layers[{index}]: alpha-1 layers are not fine-tuned for hardware (B1 only)")
 
 
-def input_spike_times(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Input spike times shaped as the network's first layer expects."""
-    if isinstance(model, TTFSLayerNetwork):
-        return model.encode(images)
-    return encode_input(images.flatten(1), model.input_t_max)
-
-
-def layer_drive(layer: nn.Module, t_in: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """V(t_min) + b of a dense or conv layer with ``weight`` in place of its own."""
-    if isinstance(layer, TTFSConv2d):
-        return layer.drive_at_t_min(t_in, weight)
-    return nn.functional.linear(layer.t_min - t_in, weight, layer.bias)
-
-
 def hardware_forward(
     model: nn.Module,
     images: torch.Tensor,
     settings: HardwareSettings,
     generator: torch.Generator | None = None,
     return_times: bool = False,
+    *,
+    drive_of: nn.Module | None = None,
 ):
     """Logits of ``model`` with the hardware imperfections of ``settings`` applied (windows fixed).
 
     Windows are used as they are (shrink them first with
     :func:`shrink_windows`); spikes before t_min are held at t_min (clipped
     ReLU).  With ``return_times`` also the spike times of the input and of
-    every firing layer.  Differentiable (straight-through through rounding).
+    every firing layer; with ``drive_of`` (one of the model's layers) only
+    that layer's drive V(t_min) + b.  Differentiable (straight-through
+    through rounding).
     """
-    t = input_spike_times(model, images)
+    t = model.encode(images)
     if settings.time_steps is not None:
         input_window = model.input_t_max - model.input_t_min
         t = model.input_t_max - quantize_activation(model.input_t_max - t, input_window, settings.time_steps)
     times = [t]
     for layer in model.layers:
-        if not isinstance(layer, (TTFSConv2d, TTFSDense)):
+        if not isinstance(layer, WindowedLayer):
             t = layer(t)  # pool, flatten: spike routing, no window
             continue
         weight = layer.weight if settings.weight_bits is None else quantize_weight(layer.weight, settings.weight_bits)
-        drive = layer_drive(layer, t, weight)
+        drive = layer.drive_at_t_min(t, weight)
+        if layer is drive_of:
+            return drive
         if layer.readout:
             return (drive, times) if return_times else drive
         t = layer.fire(drive, clip_early=True)
@@ -207,25 +197,6 @@ def hardware_forward(
             t = layer.t_max - quantize_activation(layer.t_max - t, layer.window, settings.time_steps)
         times.append(t)
     raise FineTuneError("network: the last layer must be a readout")
-
-
-def windowed_layers(model: nn.Module) -> list[nn.Module]:
-    """The layers that own a window (firing layers and the readout), in order."""
-    return [layer for layer in model.layers if isinstance(layer, (TTFSConv2d, TTFSDense))]
-
-
-def layer_drive_of(model: nn.Module, images: torch.Tensor, target: nn.Module) -> torch.Tensor:
-    """The drive V(t_min) + b of layer ``target`` (ideal forward, windows as they are, clipped)."""
-    t = input_spike_times(model, images)
-    for layer in model.layers:
-        if not isinstance(layer, (TTFSConv2d, TTFSDense)):
-            t = layer(t)
-            continue
-        drive = layer_drive(layer, t, layer.weight)
-        if layer is target:
-            return drive
-        t = layer.fire(drive, clip_early=True)
-    raise FineTuneError("layer not found in the network")
 
 
 @torch.no_grad()
@@ -239,10 +210,10 @@ def shrink_windows(model: nn.Module, images: torch.Tensor, quantile: float) -> l
     """
     check_network(model)
     model.eval()
-    windowed = windowed_layers(model)
+    windowed = model.windowed_layers
     for index, layer in enumerate(windowed[:-1]):
-        drive = layer_drive_of(model, images, layer)
-        positive = drive[drive > 0].double().numpy()
+        drive = hardware_forward(model, images, HardwareSettings(), drive_of=layer)
+        positive = drive[drive > 0].double().cpu().numpy()
         length = float(np.quantile(positive, quantile)) if positive.size else 1.0
         shift = (layer.t_min + length) - layer.t_max
         for later in windowed[index:]:
@@ -293,7 +264,7 @@ def hardware_accuracy(
 def quantize_weights_in_place(model: nn.Module, bits: int) -> None:
     """Replace every weight by its B-bit power-of-two-scaled value (idempotent)."""
     with torch.no_grad():
-        for layer in windowed_layers(model):
+        for layer in model.windowed_layers:
             layer.weight.copy_(quantize_weight(layer.weight, bits))
 
 
@@ -332,10 +303,7 @@ def finetune(
     from tqdm import tqdm
 
     check_network(model)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise FineTuneError(f"epochs: {epochs!r} is not an integer >= 0")
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise FineTuneError(f"lr: {lr!r} must be a positive number")
+    fitting.check_fit_settings(FineTuneError, epochs, lr, batch_size)
     train_images, train_labels = train
     test_images, test_labels = test
     ideal = HardwareSettings()
@@ -345,34 +313,30 @@ def finetune(
         shrink_windows(tuned, train_images[:QUANTILE_IMAGES], settings.window_quantile)
     before = hardware_accuracy(tuned, test_images, test_labels, settings, seed=seed, repeats=repeats)
 
-    optimizer = torch.optim.Adam(tuned.parameters(), lr=lr)
-    order_generator = torch.Generator().manual_seed(seed)
     noise_generator = torch.Generator().manual_seed(seed + 1_000_003)
+
+    def loss_and_logits(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = hardware_forward(tuned, images, settings, noise_generator)
+        return nn.functional.cross_entropy(logits, labels), logits
+
     history: dict[str, list[float]] = {"epoch": [], "train_loss": [], "train_accuracy": [], "test_loss": [], "test_accuracy": []}
-    bar = tqdm(range(1, epochs + 1), desc=f"fine-tune ({settings.describe()})", unit="epoch", disable=not progress)
+    bar = tqdm(total=epochs, desc=f"fine-tune ({settings.describe()})", unit="epoch", disable=not progress)
     epoch_seconds = []
-    for epoch in bar:
-        tuned.train()
-        start = time.perf_counter()
-        total, correct = 0.0, 0
-        for index in torch.randperm(len(train_labels), generator=order_generator).split(batch_size):
-            logits = hardware_forward(tuned, train_images[index], settings, noise_generator)
-            loss = nn.functional.cross_entropy(logits, train_labels[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(index)
-            correct += int((logits.detach().argmax(dim=1) == train_labels[index]).sum())
-            if on_step is not None:
-                on_step(float(loss.detach()))
+    start = time.perf_counter()
+    for epoch, loss, accuracy in fitting.adam_epochs(
+        tuned, loss_and_logits, train_images, train_labels, epochs, lr=lr, batch_size=batch_size, seed=seed, on_step=on_step
+    ):
         epoch_seconds.append(time.perf_counter() - start)
         test = hardware_accuracy(tuned, test_images, test_labels, settings, seed=seed)
         for key, value in (
-            ("epoch", epoch), ("train_loss", total / len(train_labels)), ("train_accuracy", correct / len(train_labels)),
+            ("epoch", epoch), ("train_loss", loss), ("train_accuracy", accuracy),
             ("test_loss", test["loss"]), ("test_accuracy", test["accuracy"]),
         ):  # fmt: skip
             history[key].append(value)
-        bar.set_postfix(loss=f"{history['train_loss'][-1]:.4f}", test=f"{100 * test['accuracy']:.2f}%")
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", test=f"{100 * test['accuracy']:.2f}%")
+        start = time.perf_counter()
+    bar.close()
     tuned.eval()
     if settings.weight_bits is not None:
         quantize_weights_in_place(tuned, settings.weight_bits)
@@ -439,7 +403,8 @@ def sweep(
     windows of a copy are first shrunk to it on ``calibration_images`` (as
     :func:`finetune` does; a time-step sweep of a network with the window
     rule's long windows wants :data:`DEFAULT_TIME_QUANTILE`); the model
-    itself is not changed.
+    itself is not changed.  One row per value (ttfs.sw.sweeps): ``value``,
+    then :func:`hardware_accuracy`'s figures.
     """
     if kind not in SWEEP_KINDS:
         raise FineTuneError(f"sweep: {kind!r} is not one of {', '.join(SWEEP_KINDS)}")
@@ -451,11 +416,12 @@ def sweep(
             raise FineTuneError("sweep: shrinking windows needs calibration images")
         evaluated = copy.deepcopy(model)
         shrink_windows(evaluated, calibration_images[:QUANTILE_IMAGES], window_quantile)
-    rows = []
-    for value in values:
+
+    def measure(value: float | int) -> dict[str, Any]:
         settings = HardwareSettings(**{**asdict(base), kind: value})
-        result = hardware_accuracy(evaluated, images, labels, settings, seed=seed, repeats=repeats)
-        rows.append({"value": value, **result})
+        return hardware_accuracy(evaluated, images, labels, settings, seed=seed, repeats=repeats)
+
+    rows = sweeps.measure_points([{"value": value} for value in values], measure)
     return {"kind": kind, "base": asdict(base), "window_quantile": window_quantile, "rows": rows}
 
 
@@ -466,34 +432,25 @@ SWEEP_LABELS = {
 }
 
 
+def _accuracy_cell(row: dict[str, Any]) -> str:
+    spread = f" +- {100 * row['accuracy_std']:.2f}" if row["draws"] > 1 else ""
+    return f"{100 * row['accuracy']:6.2f} %{spread}"
+
+
 def sweep_table(result: dict[str, Any]) -> list[str]:
-    """The sweep as aligned text lines."""
-    lines = [f"{SWEEP_LABELS[result['kind']]:<48} accuracy"]
-    for row in result["rows"]:
-        spread = f" +- {100 * row['accuracy_std']:.2f}" if row["draws"] > 1 else ""
-        lines.append(f"{row['value']!s:<48} {100 * row['accuracy']:.2f} %{spread}")
-    return lines
+    """The sweep as aligned text lines: a header, then one line per value."""
+    return sweeps.table(result["rows"], "value", SWEEP_LABELS[result["kind"]], _accuracy_cell)
 
 
 def plot_sweeps(results: Sequence[dict[str, Any]], path: str, title: str = "") -> None:
-    """One panel per sweep: accuracy (%) against the swept setting (matplotlib Agg)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(4.2 * len(results), 3.4), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes_list = figure.subplots(1, len(results), squeeze=False)[0]
-    for axes, result in zip(axes_list, results):
-        values = [row["value"] for row in result["rows"]]
-        accuracy = [100 * row["accuracy"] for row in result["rows"]]
-        spread = [100 * row["accuracy_std"] for row in result["rows"]]
-        axes.errorbar(values, accuracy, yerr=spread, marker="o", capsize=3)
-        if result["kind"] == "time_steps":
-            axes.set_xscale("log", base=2)
+    """One panel per sweep: accuracy (%) against the swept setting (ttfs.sw.sweeps.plot)."""
+    panels = []
+    for result in results:
+        rows = result["rows"]
+        curve = sweeps.Curve([row["value"] for row in rows], [100 * row["accuracy"] for row in rows],
+                             spread=[100 * row["accuracy_std"] for row in rows])  # fmt: skip
         # The settings held while this one varied (the swept one back at its default, "off").
         held = HardwareSettings(**{**result["base"], result["kind"]: getattr(HardwareSettings(), result["kind"])})
-        axes.set(xlabel=SWEEP_LABELS[result["kind"]], ylabel="accuracy (%)", title=f"held: {held.describe()}" if held.active else "")
-        axes.grid(alpha=0.3)
-    if title:
-        figure.suptitle(title)
-    figure.savefig(path, dpi=100)
+        panels.append(sweeps.Panel([curve], SWEEP_LABELS[result["kind"]], title=f"held: {held.describe()}" if held.active else "",
+                                   log2_x=result["kind"] == "time_steps"))  # fmt: skip
+    sweeps.plot(path, panels, title=title)

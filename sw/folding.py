@@ -4,7 +4,7 @@ In evaluation, batch norm is a per-channel affine map y -> s*y + c with
 s = gamma / sqrt(running_var + eps) and c = beta - s * running_mean; input
 normalisation (x - mean) / std is the same with s = 1/std, c = -mean/std.
 A TTFS network has no such layer, so :func:`fold_network` removes them from
-the ReLU twin (sw.vgg.ReLUConvNetwork) without changing its function:
+the ReLU twin (ttfs.sw.vgg.ReLUConvNetwork) without changing its function:
 
 - BN BEFORE the ReLU (conv/linear -> BN -> ReLU) folds into the PRECEDING
   layer: W' = s W (per output channel), b' = s b + c.  The border bias of a
@@ -17,7 +17,7 @@ the ReLU twin (sw.vgg.ReLUConvNetwork) without changing its function:
   it is the convolution of the constant map c with the zero-padded kernel,
   smaller at the border.  The folded conv keeps its interior value as its
   per-channel ``bias`` and the difference at the border in ``border_bias``
-  (sw.conv): exact.  'valid' convs and dense layers get a plain bias.
+  (ttfs.sw.conv): exact.  'valid' convs and dense layers get a plain bias.
 - Max pooling between an after-ReLU BN and the next layer: max(s*y + c) =
   s*max(y) + c when s >= 0, but s*min(y) + c when s < 0, so a negative scale
   turns that channel's max-pool into a min-pool.  By default the fold is
@@ -38,10 +38,9 @@ import copy
 
 import torch
 from torch import nn
-
-from sim.errors import TTFSError
-from sw.conv import BorderBiasConv2d, SignedMaxPool2d
-from sw.vgg import InputNormalization, ReLUConvNetwork
+from ttfs.contract.errors import TTFSError
+from ttfs.sw.conv import BorderBiasConv2d, SignedMaxPool2d
+from ttfs.sw.vgg import InputNormalization, ReLUConvNetwork
 
 NEGATIVE_SCALE_POLICIES = ("min-pool", "refuse")
 
@@ -84,7 +83,7 @@ def _fold_output_affine(layer: nn.Module, scale: torch.Tensor, shift: torch.Tens
 def _kernel_inside(layer: BorderBiasConv2d) -> torch.Tensor:
     """Boolean (H', W'): output positions whose whole kernel lies inside the (unpadded) input."""
     height, width = layer.input_size
-    ones = torch.ones(1, 1, height, width, dtype=layer.weight.dtype)
+    ones = torch.ones(1, 1, height, width, dtype=layer.weight.dtype, device=layer.weight.device)
     counts = nn.functional.conv2d(ones, torch.ones_like(layer.weight[:1, :1]), padding=layer.padding)
     return counts[0, 0] == layer.kernel_size[0] * layer.kernel_size[1]
 
@@ -131,7 +130,8 @@ def fold_network(relu: ReLUConvNetwork, *, negative_scale: str = "min-pool") -> 
     # An affine map waiting for the next weighted layer, and the (H, W) it covered at a flatten.
     pending: tuple[torch.Tensor, torch.Tensor] | None = None
     flattened_from: tuple[int, int] | None = None
-    last_shape: tuple[int, int] | None = None
+    # (H, W) of the maps so far, the input's at first; None once a flatten or dense layer made them vectors.
+    last_shape: tuple[int, int] | None = tuple(source.input_shape[1:])
     for index, module in enumerate(source.layers):
         where = f"layers[{index}] ({type(module).__name__})"
         if isinstance(module, (nn.modules.batchnorm._BatchNorm, InputNormalization)):
@@ -150,8 +150,7 @@ def fold_network(relu: ReLUConvNetwork, *, negative_scale: str = "min-pool") -> 
                     raise FoldingError(f"{where}: cannot fold a per-channel map into a dense layer without a flatten")
                 _fold_input_affine(module, *pending, flattened_from)
                 pending, flattened_from = None, None
-            if isinstance(module, BorderBiasConv2d):
-                last_shape = module.output_size
+            last_shape = module.output_size if isinstance(module, BorderBiasConv2d) else None
         elif isinstance(module, nn.ReLU):
             if pending is not None:
                 raise FoldingError(f"{where}: a normalisation cannot be folded across a ReLU; put it right before or after one")
@@ -170,6 +169,7 @@ def fold_network(relu: ReLUConvNetwork, *, negative_scale: str = "min-pool") -> 
         elif isinstance(module, nn.Flatten):
             if pending is not None:
                 flattened_from = last_shape
+            last_shape = None
         else:
             raise FoldingError(f"{where}: unknown layer kind; cannot fold")
         folded.append(module)

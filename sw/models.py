@@ -3,20 +3,25 @@
 A network is a list of layers (``.layers``, an ``nn.ModuleList``) from the
 first hidden layer to the readout, so other layer kinds can join later:
 convolutional runs (config ``arch`` "vgg") load as a
-:class:`sw.conv.TTFSLayerNetwork` with conv, pool, flatten and dense layers
-(sw.vgg, docs/conv-and-finetuning.md).
+:class:`ttfs.sw.conv.TTFSLayerNetwork` with conv, pool, flatten and dense layers
+(ttfs.sw.vgg, docs/conv-and-finetuning.md).  The ``layers`` string spells each
+conv's kernel size and padding and each pool's size, so it describes a network
+converted from a user's PyTorch model (config ``mode`` "convert",
+ttfs.sw.convert) as well as one trained here.
 
-:class:`TTFSNetwork` is the spiking network (B1 mapping, sw.ttfs): each
+:class:`TTFSNetwork` is the spiking network (B1 mapping, ttfs.sw.ttfs): each
 layer exposes ``weight`` (outputs, inputs), ``bias`` (outputs,), ``t_min``
 and ``t_max`` (its coding window; the readout's ``t_max`` equals its
 ``t_min``, the network's latency) and ``readout``.  :class:`ReLUNetwork` is
 the plain ReLU network of the same shape.  B1 keeps weights and biases
 unchanged, so :func:`snn_to_relu` and :func:`relu_to_snn` copy them.
 
-A trained run is a directory written by ``ttfs train`` (sw.training):
+A trained run is a directory written by ``ttfs train`` (ttfs.sw.training):
 
 - ``config.json``: the resolved training configuration, including
-  ``input_shape`` [C, H, W], ``widths`` (hidden layers) and ``classes``;
+  ``input_shape`` [C, H, W], ``widths`` (hidden layers) and ``classes``
+  (a converted run: its source, data set, input normalisation and
+  architecture);
 - ``checkpoint.pt``: the :class:`TTFSNetwork` state_dict (tensors only, so
   ``torch.load(..., weights_only=True)`` reads it), windows included; ReLU
   runs are stored converted, with windows calibrated on the training set;
@@ -28,22 +33,25 @@ A trained run is a directory written by ``ttfs train`` (sw.training):
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-
-from sim.errors import TTFSError
-from sw import vgg
-from sw.conv import ConvError, TTFSLayerNetwork
-from sw.ttfs import INPUT_WINDOW, TTFSDense, encode_input
-
-#: The paper's window rule: a hidden window grows to at least this many times
-#: the largest activation of its layer seen in a training batch.
-DEFAULT_WINDOW_FACTOR = 10.0
+from ttfs.contract.errors import TTFSError
+from ttfs.sw import vgg
+from ttfs.sw.conv import ConvError, TTFSLayerNetwork
+from ttfs.sw.ttfs import (
+    DEFAULT_WINDOW_FACTOR,
+    MAX_WIDTH,
+    ModelError,
+    TTFSDense,
+    WindowedNetwork,
+    check_chained,
+    copy_weight_and_bias,
+    encode_input,
+)
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -52,15 +60,8 @@ CURVE_FILE = "curve.png"
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
-#: Upper bound on a layer width; far above anything that trains on a CPU.
-MAX_WIDTH = 1 << 16
-
-#: Network families: "fc" (dense TTFSNetwork) and "vgg" (conv TTFSLayerNetwork, sw.vgg).
+#: Network families: "fc" (dense TTFSNetwork) and "vgg" (conv TTFSLayerNetwork, ttfs.sw.vgg).
 ARCHS = ("fc", "vgg")
-
-
-class ModelError(TTFSError):
-    """A network description or a run directory is invalid."""
 
 
 def check_widths(widths: Sequence[Any]) -> list[int]:
@@ -82,15 +83,14 @@ def layer_sizes(input_size: int, widths: Sequence[int], classes: int) -> list[in
     return [input_size, *widths, classes]
 
 
-class TTFSNetwork(nn.Module):
+class TTFSNetwork(WindowedNetwork):
     """A feed-forward TTFS network: spiking dense layers then a readout.
 
-    ``sizes`` is [inputs, hidden widths..., classes].  The input window is
-    [0, 1] (buffers ``input_t_min``, ``input_t_max``); every hidden window
-    starts with length 1 and the windows are chained.  In training mode each
-    forward applies the window rule before the layer fires: a hidden window
-    grows (never shrinks) to ``window_factor`` times the largest activation
-    of the batch, and later windows shift with it.
+    ``sizes`` is [inputs, hidden widths..., classes].  Windows, the window
+    rule and the forward pass are :class:`ttfs.sw.ttfs.WindowedNetwork`'s:
+    the input window is [0, 1], every hidden window starts with length 1,
+    and in training mode a hidden window grows (never shrinks) to
+    ``window_factor`` times the largest activation of the batch.
     """
 
     def __init__(
@@ -100,101 +100,23 @@ class TTFSNetwork(nn.Module):
         window_factor: float = DEFAULT_WINDOW_FACTOR,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
         if len(sizes) < 3:
             raise ModelError(f"a TTFS network needs inputs, at least one hidden layer and a readout, got sizes {list(sizes)}")
-        if not window_factor > 1.0:
-            raise ModelError(f"window_factor: {window_factor} must be above 1 so no spike precedes its window")
-        self.window_factor = float(window_factor)
-        input_t_min, input_t_max = INPUT_WINDOW
-        self.register_buffer("input_t_min", torch.tensor(input_t_min, dtype=dtype))
-        self.register_buffer("input_t_max", torch.tensor(input_t_max, dtype=dtype))
-        self.layers = nn.ModuleList()
-        t_min = input_t_max
         last = len(sizes) - 2
-        for index, (inputs, outputs) in enumerate(zip(sizes[:-1], sizes[1:])):
-            readout = index == last
-            self.layers.append(
-                TTFSDense(inputs, outputs, readout=readout, t_min=t_min, t_max=t_min + 1.0, dtype=dtype)
-            )
-            if not readout:
-                t_min += 1.0
+        layers = [
+            TTFSDense(inputs, outputs, readout=index == last, dtype=dtype)
+            for index, (inputs, outputs) in enumerate(zip(sizes[:-1], sizes[1:]))
+        ]
+        super().__init__(layers, window_factor=window_factor, dtype=dtype)
 
     @property
     def sizes(self) -> list[int]:
         """[inputs, hidden widths..., classes]."""
         return [self.layers[0].inputs, *(layer.outputs for layer in self.layers)]
 
-    @property
-    def hidden_layers(self) -> list[TTFSDense]:
-        """The spiking layers, in order."""
-        return [layer for layer in self.layers if not layer.readout]
-
-    @property
-    def latency(self) -> float:
-        """The readout's t_min: the time at which the logits are read."""
-        return float(self.layers[-1].t_min)
-
-    def windows(self) -> list[tuple[float, float]]:
-        """(t_min, t_max) of every layer, in order (readout: t_min == t_max)."""
-        return [(float(layer.t_min), float(layer.t_max)) for layer in self.layers]
-
-    def set_windows(self, windows: Sequence[tuple[float, float]]) -> None:
-        """Set every layer's (t_min, t_max); they must chain and hidden windows be non-empty."""
-        if len(windows) != len(self.layers):
-            raise ModelError(f"windows: expected {len(self.layers)} (t_min, t_max) pairs, got {len(windows)}")
-        check_chained(float(self.input_t_max), windows)
-        with torch.no_grad():
-            for layer, (t_min, t_max) in zip(self.layers, windows):
-                layer.t_min.fill_(t_min)
-                layer.t_max.fill_(t_max)
-
-    def _apply_window_rule(self, index: int, activation: torch.Tensor) -> None:
-        """Grow layer ``index``'s window to window_factor x the batch's largest activation."""
-        layer = self.layers[index]
-        # Python floats: one reduction per batch; windows rarely grow after the first epochs.
-        needed = self.window_factor * float(activation.detach().max())
-        growth = needed - (float(layer.t_max) - float(layer.t_min))
-        if growth > 0:
-            with torch.no_grad():
-                # The same addition on equal values keeps t_min(n+1) == t_max(n) exactly.
-                layer.t_max.add_(growth)
-                for later in self.layers[index + 1 :]:
-                    later.t_min.add_(growth)
-                    later.t_max.add_(growth)
-
-    def forward(self, images: torch.Tensor, return_times: bool = False):
-        """Logits (batch, classes) for images (batch, ...) with values in [0, 1].
-
-        With ``return_times`` also the spike times of every spiking layer,
-        input layer first: a list of (batch, width) tensors.
-        """
-        t = encode_input(images.flatten(1), self.input_t_max)
-        times = [t]
-        for index, layer in enumerate(self.layers):
-            drive = layer.drive_at_t_min(t)
-            if layer.readout:
-                logits = drive
-                break
-            if self.training:
-                self._apply_window_rule(index, drive)
-            t = layer.fire(drive, clip_early=not self.training)
-            times.append(t)
-        return (logits, times) if return_times else logits
-
-    def activations(self, times: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Map spike times back to activations, t_max(n) - t, per spiking layer."""
-        t_maxes = [self.input_t_max, *(layer.t_max for layer in self.hidden_layers)]
-        return [t_max - t for t_max, t in zip(t_maxes, times)]
-
-    def fired(self, times: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Boolean masks of the neurons that spike (t < t_max), per spiking layer."""
-        t_maxes = [self.input_t_max, *(layer.t_max for layer in self.hidden_layers)]
-        return [t < t_max for t_max, t in zip(t_maxes, times)]
-
-    def saturated(self, times: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Masks of hidden neurons held at t_min (activation clipped at the window length)."""
-        return [t <= layer.t_min for layer, t in zip(self.hidden_layers, times[1:])]
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Input spike times (batch, inputs) for images (batch, ...) with values in [0, 1]."""
+        return encode_input(images.flatten(1), self.input_t_max)
 
 
 class ReLUNetwork(nn.Module):
@@ -225,32 +147,13 @@ class ReLUNetwork(nn.Module):
         return (logits, activations) if return_activations else logits
 
 
-def check_chained(input_t_max: float, windows: Sequence[tuple[float, float]]) -> None:
-    """Check windows chain from the input window: t_min(n) = t_max(n-1), hidden t_max > t_min,
-    readout t_max = t_min, all finite."""
-    previous_t_max = input_t_max
-    last = len(windows) - 1
-    for index, (t_min, t_max) in enumerate(windows):
-        if not (math.isfinite(t_min) and math.isfinite(t_max)):
-            raise ModelError(f"layers[{index}] window: [{t_min}, {t_max}] is not finite")
-        if t_min != previous_t_max:
-            raise ModelError(f"layers[{index}].t_min: {t_min} does not equal the previous layer's t_max {previous_t_max}")
-        if index == last and t_max != t_min:
-            raise ModelError(f"layers[{index}] (readout) t_max: {t_max} must equal its t_min {t_min}")
-        if index < last and not t_max > t_min:
-            raise ModelError(f"layers[{index}] window: t_max {t_max} must exceed t_min {t_min}")
-        previous_t_max = t_max
-
-
 def snn_to_relu(snn: TTFSNetwork | TTFSLayerNetwork) -> ReLUNetwork | vgg.ReLUConvNetwork:
     """The ReLU twin of a TTFS network: B1 keeps every weight and bias unchanged."""
     if isinstance(snn, TTFSLayerNetwork):
         return vgg.snn_to_relu(snn)
-    relu = ReLUNetwork(snn.sizes, dtype=snn.layers[0].weight.dtype)
-    with torch.no_grad():
-        for source, target in zip(snn.layers, relu.layers):
-            target.weight.copy_(source.weight)
-            target.bias.copy_(source.bias)
+    relu = ReLUNetwork(snn.sizes, dtype=snn.layers[0].weight.dtype).to(snn.layers[0].weight.device)
+    for source, target in zip(snn.layers, relu.layers):
+        copy_weight_and_bias(source, target)
     return relu
 
 
@@ -265,17 +168,15 @@ def relu_to_snn(
     ``windows`` gives every layer's (t_min, t_max); by default each hidden
     window has length 1 — calibrate them with :func:`calibrate_windows`.
     """
-    snn = TTFSNetwork(relu.sizes, window_factor=window_factor, dtype=relu.layers[0].weight.dtype)
-    with torch.no_grad():
-        for source, target in zip(relu.layers, snn.layers):
-            target.weight.copy_(source.weight)
-            target.bias.copy_(source.bias)
+    snn = TTFSNetwork(relu.sizes, window_factor=window_factor, dtype=relu.layers[0].weight.dtype).to(relu.layers[0].weight.device)
+    for source, target in zip(relu.layers, snn.layers):
+        copy_weight_and_bias(source, target)
     if windows is not None:
         snn.set_windows(windows)
     return snn
 
 
-def calibrate_windows(snn: TTFSNetwork, batches: Iterable[torch.Tensor]) -> None:
+def calibrate_windows(snn: WindowedNetwork, batches: Iterable[torch.Tensor]) -> None:
     """Apply the window rule over ``batches`` of images without changing any weight."""
     was_training = snn.training
     snn.train()
@@ -295,6 +196,17 @@ def build_network(sizes: Sequence[int], *, seed: int, dtype: torch.dtype, window
         torch.random.set_rng_state(generator_state)
 
 
+def read_json_object(path: Path, error: type[TTFSError], expected: str = "a JSON object") -> dict[str, Any]:
+    """The JSON object in ``path``; otherwise ``error`` naming the path and what is wrong."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise error(f"{path}: not readable JSON ({err})") from None
+    if not isinstance(document, dict):
+        raise error(f"{path}: expected {expected}")
+    return document
+
+
 def read_config(run_dir: str | Path) -> dict[str, Any]:
     """The run's config.json as a dict, with the fields load_run needs checked."""
     run_dir = Path(run_dir)
@@ -303,12 +215,7 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise ModelError(f"{path}: missing (is {run_dir} a run directory made by `ttfs train`?)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelError(f"{path}: not readable JSON ({err})") from None
-    if not isinstance(config, dict):
-        raise ModelError(f"{path}: expected a JSON object")
+    config = read_json_object(path, ModelError)
     for key in ("input_shape", "widths", "classes", "dtype", "window_factor", "mode"):
         if key not in config:
             raise ModelError(f"{path}: missing key {key!r}")
@@ -354,7 +261,8 @@ def save_run_model(run_dir: Path, model: TTFSNetwork, config: dict[str, Any]) ->
     """Write config.json and checkpoint.pt (state_dict only) into ``run_dir``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    torch.save(model.state_dict(), run_dir / CHECKPOINT_FILE)
+    # CPU tensors: a run trained on a GPU loads anywhere.
+    torch.save({key: value.detach().cpu() for key, value in model.state_dict().items()}, run_dir / CHECKPOINT_FILE)
 
 
 def load_run(run_dir: str | Path) -> tuple[TTFSNetwork, dict[str, Any]]:
@@ -363,7 +271,7 @@ def load_run(run_dir: str | Path) -> tuple[TTFSNetwork, dict[str, Any]]:
     The checkpoint is read with ``torch.load(weights_only=True)``; its keys,
     shapes and windows are validated.  Every run, ReLU-trained ones included,
     loads as a :class:`TTFSNetwork` (B1: the same weights), or for a "vgg"
-    run as a :class:`sw.conv.TTFSLayerNetwork` (batch norm folded);
+    run as a :class:`ttfs.sw.conv.TTFSLayerNetwork` (batch norm folded);
     ``snn_to_relu`` gives the ReLU twin.  Layers are ``model.layers`` in order, each with
     ``weight`` (outputs, inputs), ``bias``, ``t_min``, ``t_max`` and
     ``readout``; ``model.windows()`` lists the windows as floats.

@@ -1,20 +1,27 @@
 """Training and evaluation of TTFS networks and their ReLU twins.
 
 ``train_run(config)`` is what ``ttfs train`` runs: it resolves and checks the
-configuration, loads the data (sw.datasets), trains in one of four modes
+configuration, loads the data (ttfs.contract.datasets), trains in one of four modes
 
-- ``relu``: the ReLU twin (sw.models.ReLUNetwork, or for ``arch`` "vgg"
-  sw.vgg.ReLUConvNetwork, optionally with batch norm, folded away at the end);
+- ``relu``: the ReLU twin (ttfs.sw.models.ReLUNetwork, or for ``arch`` "vgg"
+  ttfs.sw.vgg.ReLUConvNetwork, optionally with batch norm, folded away at the end);
 - ``snn``: the TTFS network with the B1 mapping and the window rule;
 - ``snn-from-relu``: the TTFS network initialised from a trained run (``init``),
 - ``finetune``: a trained run (``init``) fine-tuned for hardware (spike-time
-  noise, time steps, weight bits, shorter windows; sw.finetune),
+  noise, time steps, weight bits, shorter windows; ttfs.sw.finetune),
 
 and writes the run directory (config.json, checkpoint.pt, report.json,
-curve.png; see sw.models).  The optimiser is Adam (lr 5e-4, multiplied by 0.9
+curve.png; see ttfs.sw.models).  The optimiser is Adam (lr 5e-4, multiplied by 0.9
 every 5,000 steps, as in the paper) or SGD with momentum.  A fixed seed fixes
 the initial parameters (drawn the same way for every mode, so the ReLU and
 the spiking run of one seed start equal) and the order of the batches.
+
+The data set is a standard one or a user's own (``npz:FILE``,
+``folder:DIR``; a folder's ``image_size`` and ``channels`` are resolved on
+the training split and kept in config.json, so evaluation and export read
+the same images: :func:`load_split`).  ``device`` is auto, cpu or cuda
+(ttfs.sw.distributed); with ``processes`` (torchrun) several processes train
+one network with DistributedDataParallel and process 0 writes the run.
 """
 
 from __future__ import annotations
@@ -26,24 +33,24 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-
-from sim.errors import TTFSError
-from sw import finetune, folding, models, vgg
-from sw.conv import ConvError, TTFSLayerNetwork
-from sw.datasets import DATASET_NAMES, Dataset, load_dataset
-from sw.models import TTFSNetwork
+from ttfs.contract.datasets import Dataset, DatasetError, check_dataset_name, is_image_folder, load_dataset, load_for_input
+from ttfs.contract.errors import TTFSError
+from ttfs.sw import distributed, finetune, fitting, folding, models, vgg
+from ttfs.sw.conv import ConvError, TTFSLayerNetwork
+from ttfs.sw.models import TTFSNetwork
+from ttfs.sw.ttfs import MAX_WIDTH, WindowedNetwork
 
 MODES = ("relu", "snn", "snn-from-relu", "finetune")
 #: Modes that start from a trained run (``init``).
 INIT_MODES = ("snn-from-relu", "finetune")
-#: The hardware settings of mode finetune (sw.finetune.HardwareSettings).
+#: The hardware settings of mode finetune (ttfs.sw.finetune.HardwareSettings).
 HARDWARE_KEYS = ("noise", "time_steps", "weight_bits", "latency_quantile")
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_LR = {"adam": 5e-4, "sgd": 0.05}
@@ -67,14 +74,22 @@ DEFAULTS: dict[str, Any] = {
     "window_factor": models.DEFAULT_WINDOW_FACTOR,
     "activity_penalty": 0.0,
     "arch": "fc",
-    "layers": None,  # arch vgg: conv spec such as "16,P,32,P" (sw.vgg)
+    "layers": None,  # arch vgg: conv spec such as "16,P,32,P" (ttfs.sw.vgg)
     "batch_norm": None,  # arch vgg, mode relu: "before" or "after" the ReLU
     "noise": 0.0,
     "time_steps": None,
     "weight_bits": None,
     "latency_quantile": None,
+    "image_size": None,  # folder:DIR data: resize every image to [height, width]
+    "channels": None,  # folder:DIR data: 1 (grey) or 3 (RGB); None: 1 if every image is grey
+    "device": "auto",  # auto, cpu or cuda (ttfs.sw.distributed)
     "out": None,  # None: runs/<name>
 }
+
+#: What an init run passes on to a run that starts from it, unless the run sets it: its data
+#: (all four settings, unless the run names its own dataset) and its architecture.
+INHERITED_DATA_KEYS = ("dataset", "data_dir", "image_size", "channels")
+INHERITED_ARCHITECTURE_KEYS = ("arch", "layers", "widths", "batch_norm")
 
 #: The activity metrics ``evaluate`` adds for a TTFS network (copied into reports).
 ACTIVITY_KEYS = (
@@ -113,14 +128,9 @@ def _check_number(config: dict[str, Any], key: str, low: float, high: float | No
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The JSON object of a --config file; unknown keys are refused."""
     path = Path(path)
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TrainingError(f"{path}: no such config file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise TrainingError(f"{path}: not readable JSON ({err})") from None
-    if not isinstance(config, dict):
-        raise TrainingError(f"{path}: expected a JSON object of training settings")
+    if not path.exists():
+        raise TrainingError(f"{path}: no such config file")
+    config = models.read_json_object(path, TrainingError, "a JSON object of training settings")
     unknown = sorted(set(config) - set(DEFAULTS))
     if unknown:
         raise TrainingError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
@@ -128,28 +138,41 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_config(file_config: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults, then the config file, then explicit overrides (None means "not given"); checked."""
-    config = dict(DEFAULTS)
-    config.update(file_config or {})
-    config.update({key: value for key, value in (overrides or {}).items() if value is not None})
-    widths_given = "widths" in (file_config or {}) or (overrides or {}).get("widths") is not None
-    unknown = sorted(set(config) - set(DEFAULTS))
+    """Defaults, then the config file, then explicit overrides (None means "not given"); checked.
+
+    A run that starts from another (``init``) takes that run's data set and
+    architecture unless the file or the overrides set them.
+    """
+    given = dict(file_config or {})
+    given.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:
         raise TrainingError(f"unknown setting(s) {', '.join(unknown)}")
-    if config["dataset"] not in DATASET_NAMES:
-        raise TrainingError(f"dataset: unknown data set {config['dataset']!r}; choose one of {', '.join(DATASET_NAMES)}")
+    config = {**DEFAULTS, **given}
     if config["mode"] not in MODES:
         raise TrainingError(f"mode: {config['mode']!r} is not one of {', '.join(MODES)}")
-    if config["optimizer"] not in OPTIMIZERS:
-        raise TrainingError(f"optimizer: {config['optimizer']!r} is not one of {', '.join(OPTIMIZERS)}")
-    if config["dtype"] not in models.DTYPES:
-        raise TrainingError(f"dtype: {config['dtype']!r} is not one of {', '.join(models.DTYPES)}")
     if config["mode"] in INIT_MODES and not config["init"]:
         raise TrainingError(f"mode {config['mode']} needs init: the run directory of the network to start from")
     if config["mode"] not in INIT_MODES and config["init"]:
         raise TrainingError(f"init is only used by mode snn-from-relu or finetune, not {config['mode']}")
-    _check_architecture(config, widths_given)
     _check_hardware(config)
+    if config["mode"] in INIT_MODES:
+        init_config = models.read_config(config["init"])
+        keys = INHERITED_ARCHITECTURE_KEYS + (() if "dataset" in given else INHERITED_DATA_KEYS)
+        inherited = {key: init_config.get(key, DEFAULTS[key]) for key in keys}
+        config = {**DEFAULTS, **inherited, **given}
+    try:
+        check_dataset_name(config["dataset"])
+    except DatasetError as err:
+        raise TrainingError(f"dataset: {err}") from None
+    if config["optimizer"] not in OPTIMIZERS:
+        raise TrainingError(f"optimizer: {config['optimizer']!r} is not one of {', '.join(OPTIMIZERS)}")
+    if config["dtype"] not in models.DTYPES:
+        raise TrainingError(f"dtype: {config['dtype']!r} is not one of {', '.join(models.DTYPES)}")
+    if config["device"] not in distributed.DEVICES:
+        raise TrainingError(f"device: {config['device']!r} is not one of {', '.join(distributed.DEVICES)}")
+    _check_image_settings(config)
+    _check_architecture(config, "widths" in given)
     if config["lr"] is None:
         config["lr"] = DEFAULT_LR[config["optimizer"]]
     _check_number(config, "lr", 0.0)
@@ -162,6 +185,20 @@ def resolve_config(file_config: dict[str, Any] | None = None, overrides: dict[st
     _check_number(config, "window_factor", 1.0)
     _check_number(config, "activity_penalty", 0.0, open_low=False)
     return config
+
+
+def _check_image_settings(config: dict[str, Any]) -> None:
+    """image_size [height, width] and channels (1 or 3): for folder:DIR data only."""
+    size, channels = config["image_size"], config["channels"]
+    if (size is not None or channels is not None) and not is_image_folder(config["dataset"]):
+        raise TrainingError(f"image_size and channels resize a folder of images (folder:DIR); {config['dataset']} is read as it is")
+    if size is not None:
+        valid = isinstance(size, (list, tuple)) and len(size) == 2
+        if not valid or any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_WIDTH for v in size):
+            raise TrainingError(f"image_size: {size!r} is not [height, width] with sides in 1..{MAX_WIDTH}")
+        config["image_size"] = list(size)
+    if channels not in (None, 1, 3):
+        raise TrainingError(f"channels: {channels!r} is not 1 or 3")
 
 
 def _check_architecture(config: dict[str, Any], widths_given: bool) -> None:
@@ -190,7 +227,7 @@ def _check_architecture(config: dict[str, Any], widths_given: bool) -> None:
         vgg.VGGSpec.create(config["layers"], list(config["widths"]), (1, 1 << 12, 1 << 12), 1, batch_norm=config["batch_norm"])
     except ConvError as err:
         raise TrainingError(str(err)) from None
-    config["layers"] = ",".join(str(item) for item in vgg.parse_layers(config["layers"]))
+    config["layers"] = vgg.layers_text(vgg.parse_layers(config["layers"]))
 
 
 def _check_hardware(config: dict[str, Any]) -> None:
@@ -205,7 +242,7 @@ def _check_hardware(config: dict[str, Any]) -> None:
 
 
 def hardware_settings(config: dict[str, Any]) -> finetune.HardwareSettings:
-    """The sw.finetune settings a configuration holds."""
+    """The ttfs.sw.finetune settings a configuration holds."""
     try:
         return finetune.HardwareSettings(**{key: config[key] for key in HARDWARE_KEYS})
     except finetune.FineTuneError as err:
@@ -227,18 +264,32 @@ def run_name(config: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", f"{config['dataset']}-{shape}-{mode}-seed{config['seed']}")
 
 
-def to_tensors(dataset: Dataset, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images as floats v/255 in [0, 1] (N, C, H, W) and labels as int64."""
+def load_split(config: dict[str, Any], split: str, *, dataset: str | None = None, data_dir: str | None = None) -> Dataset:
+    """Split ``split`` of a run's data set as the run was trained on it, checked against its input shape.
+
+    ``dataset`` and ``data_dir`` replace the run's own; a folder of images is
+    read at the run's image size and channels (its input shape).
+    """
+    name = config["dataset"] if dataset is None else dataset
+    try:
+        check_dataset_name(name)
+    except DatasetError as err:
+        raise TrainingError(f"dataset: {err}") from None
+    data = load_for_input(name, split, config.get("data_dir") if data_dir is None else data_dir, config["input_shape"])
+    if list(data.images.shape[1:]) != list(config["input_shape"]):
+        raise TrainingError(f"{name} {split} images have shape {list(data.images.shape[1:])}, "
+                            f"the run expects {list(config['input_shape'])}")  # fmt: skip
+    if data.labels is None:
+        raise TrainingError(f"{name}: training and evaluation need labels")
+    return data
+
+
+def to_tensors(dataset: Dataset, dtype: torch.dtype, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Images as floats v/255 in [0, 1] (N, C, H, W) and labels as int64, on ``device``."""
     if dataset.labels is None:
         raise TrainingError(f"{dataset.name}: training and evaluation need labels")
     images = torch.from_numpy(dataset.images.astype(np.float64) / 255.0).to(dtype)
-    return images, torch.from_numpy(dataset.labels.astype(np.int64))
-
-
-def batch_indices(count: int, batch_size: int, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
-    """Index batches over ``count`` items, shuffled by ``generator`` (in order when None)."""
-    order = torch.randperm(count, generator=generator) if generator is not None else torch.arange(count)
-    return iter(order.split(batch_size))
+    return images.to(device), torch.from_numpy(dataset.labels.astype(np.int64)).to(device)
 
 
 def make_optimizer(
@@ -254,10 +305,14 @@ def make_optimizer(
 
 
 def logits_and_hidden(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Logits and the hidden layers' activations (for a TTFS network: t_max(n) - spike time)."""
-    if isinstance(model, (TTFSNetwork, TTFSLayerNetwork)):
+    """Logits and the hidden layers' activations (for a TTFS network: t_max(n) - spike time).
+
+    ``model`` may be wrapped for several processes (ttfs.sw.distributed).
+    """
+    network = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if isinstance(network, WindowedNetwork):
         logits, times = model(images, return_times=True)
-        return logits, model.activations(times)[1:]
+        return logits, network.activations(times)[1:]
     logits, activations = model(images, return_activations=True)
     return logits, activations[1:]
 
@@ -288,29 +343,24 @@ def train_epoch(
     generator: torch.Generator,
     activity_penalty: float = 0.0,
     on_step: Callable[[float], None] | None = None,
+    shard: fitting.Shard | None = None,
 ) -> tuple[float, float]:
     """One pass over the data in shuffled batches; returns (mean objective, accuracy) seen while training.
 
-    The objective is the cross-entropy plus the activity penalty, if any.
-
-    ``on_step`` receives each batch's loss (the equivalence tests record curves with it).
+    The objective is the cross-entropy plus the activity penalty, if any; the
+    loop is ttfs.sw.fitting's, with the learning-rate ``schedule`` stepping
+    after every batch.  ``on_step`` receives each batch's loss (the
+    equivalence tests record curves with it); ``shard`` is this process's
+    part of every batch when several train ``model`` (ttfs.sw.distributed).
     """
-    model.train()
-    total_loss = torch.zeros((), dtype=torch.float64)
-    correct = torch.zeros((), dtype=torch.int64)
-    for index in batch_indices(len(labels), batch_size, generator):
-        batch_labels = labels[index]
-        loss, logits = training_loss(model, images[index], batch_labels, activity_penalty)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        detached = loss.detach()
-        total_loss += detached * len(index)
-        correct += (logits.detach().argmax(dim=1) == batch_labels).sum()
-        if on_step is not None:
-            on_step(float(detached))
-    return float(total_loss) / len(labels), int(correct) / len(labels)
+
+    def loss_and_logits(batch_images: torch.Tensor, batch_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return training_loss(model, batch_images, batch_labels, activity_penalty)
+
+    return fitting.fit_epoch(
+        model, loss_and_logits, images, labels, optimizer, batch_size, generator, schedule=schedule, on_step=on_step,
+        shard=shard,
+    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -325,13 +375,13 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     exceeded the window; 0 means the network equals its ReLU twin).
     """
     model.eval()
-    is_snn = isinstance(model, (TTFSNetwork, TTFSLayerNetwork))
+    is_snn = isinstance(model, WindowedNetwork)
     total_loss = 0.0
     correct = 0
     spikes = None
     saturated = 0
     conv_events = 0.0  # a conv network counts its synaptic events itself (receptive fields, pooling)
-    for index in batch_indices(len(labels), batch_size, None):
+    for index in fitting.batch_indices(len(labels), batch_size, None):
         if is_snn:
             logits, times = model(images[index], return_times=True)
             counts = [mask.sum(dtype=torch.int64) for mask in model.fired(times)]
@@ -384,40 +434,41 @@ def initial_model(config: dict[str, Any], sizes: list[int]) -> nn.Module:
     return models.snn_to_relu(snn) if config["mode"] == "relu" else snn
 
 
-def relu_run_to_snn(relu: nn.Module, config: dict[str, Any], train_images: torch.Tensor) -> nn.Module:
+def relu_run_to_snn(relu: nn.Module, window_factor: float, train_images: torch.Tensor) -> WindowedNetwork:
     """The TTFS network of a trained ReLU twin (batch norm folded first), windows calibrated on the training set."""
     if isinstance(relu, vgg.ReLUConvNetwork):
-        snn = vgg.relu_to_snn(folding.fold_network(relu), window_factor=config["window_factor"])
+        snn = vgg.relu_to_snn(folding.fold_network(relu), window_factor=window_factor)
     else:
-        snn = models.relu_to_snn(relu, window_factor=config["window_factor"])
-    models.calibrate_windows(snn, (train_images[index] for index in batch_indices(len(train_images), EVAL_BATCH, None)))
+        snn = models.relu_to_snn(relu, window_factor=window_factor)
+    models.calibrate_windows(snn, (train_images[index] for index in fitting.batch_indices(len(train_images), EVAL_BATCH, None)))
     return snn
 
 
-def train_run(config: dict[str, Any], progress: bool = True) -> tuple[TTFSNetwork, dict[str, Any], dict[str, Any]]:
+def train_run(
+    config: dict[str, Any], progress: bool = True, processes: distributed.Processes | None = None
+) -> tuple[WindowedNetwork, dict[str, Any], dict[str, Any] | None]:
     """Train as ``config`` (resolved or not) says and write the run directory.
 
     Returns (trained TTFS network, resolved config, report).  A ReLU run is
     converted to its TTFS network (B1) with windows calibrated on the
-    training set, so every run directory holds a spiking network.
+    training set, so every run directory holds a spiking network.  With
+    ``processes`` (ttfs.sw.distributed) this process is one of several that
+    train the network together; only process 0 evaluates and writes the run
+    (the others return None for the report).
     """
     from tqdm import tqdm
 
+    if processes is not None and config.get("mode") == "finetune":
+        raise TrainingError(f"mode finetune runs in one process; start it without torchrun ({processes.world_size} processes)")
     config = resolve_config({key: config[key] for key in DEFAULTS if key in config})
+    device = processes.device if processes is not None else distributed.resolve_device(config["device"])
+    main = processes is None or processes.main
     init_config = models.read_config(config["init"]) if config["mode"] in INIT_MODES else None
-    train_set = load_dataset(config["dataset"], "train", config["data_dir"])
-    test_set = load_dataset(config["dataset"], "test", config["data_dir"])
-    config["input_shape"] = list(train_set.images.shape[1:])
-    config["classes"] = list(train_set.classes) or [str(k) for k in range(int(train_set.labels.max()) + 1)]
+    train_set, test_set = _load_training_data(config)
     if init_config is not None:
-        init_config.setdefault("arch", "fc")  # runs from before conv networks are dense
-        if config["mode"] == "finetune" or init_config["arch"] == "vgg":
-            # The init run's network is this run's: fine-tuning, or a conv run continued as an SNN.
-            for key in ("arch", "layers", "widths", "batch_norm"):
-                config[key] = init_config.get(key, DEFAULTS[key])
-        for key in ("input_shape", "arch", "widths", "classes"):
-            if init_config[key] != config[key]:
-                raise TrainingError(f"init run {config['init']}: {key} {init_config[key]} does not match this run's {config[key]}")
+        for key in ("input_shape", "arch", "layers", "widths", "classes"):
+            if init_config.get(key, DEFAULTS.get(key)) != config[key]:
+                raise TrainingError(f"init run {config['init']}: {key} {init_config.get(key)} does not match this run's {config[key]}")
         config["window_factor"] = init_config["window_factor"]
     channels, height, width = config["input_shape"]
     try:
@@ -435,38 +486,46 @@ def train_run(config: dict[str, Any], progress: bool = True) -> tuple[TTFSNetwor
     config["test_images"] = len(test_set.labels)
 
     dtype = models.DTYPES[config["dtype"]]
-    train_images, train_labels = to_tensors(train_set, dtype)
-    test_images, test_labels = to_tensors(test_set, dtype)
-    model = initial_model(config, sizes)
+    train_images, train_labels = to_tensors(train_set, dtype, device)
+    test_images, test_labels = to_tensors(test_set, dtype, device)
+    model = initial_model(config, sizes).to(device)
     if config["mode"] == "finetune":
         snn, tuning = finetune.finetune(
             model, (train_images, train_labels), (test_images, test_labels), hardware_settings(config),
             epochs=config["epochs"], lr=config["lr"], batch_size=config["batch_size"], seed=config["seed"], progress=progress,
         )  # fmt: skip
         report = finetune_report(snn, config, tuning, (train_images, train_labels), (test_images, test_labels))
+        report["device"] = str(device)
         write_run(run_dir, snn, config, report)
         return snn, config, report
-    optimizer, schedule = make_optimizer(model.parameters(), config)
+    trainee = model if processes is None else processes.wrap(model)
+    optimizer, schedule = make_optimizer(trainee.parameters(), config)
     generator = torch.Generator().manual_seed(config["seed"])
 
     history: dict[str, list[float]] = {"epoch": [], "train_loss": [], "train_accuracy": [], "test_loss": [], "test_accuracy": []}
     epoch_seconds = []
-    bar = tqdm(range(1, config["epochs"] + 1), desc=f"train {config['mode']}", unit="epoch", disable=not progress)
+    bar = tqdm(range(1, config["epochs"] + 1), desc=f"train {config['mode']}", unit="epoch", disable=not (progress and main))
     for epoch in bar:
         start = time.perf_counter()
         loss, accuracy = train_epoch(
-            model, train_images, train_labels, optimizer, schedule, config["batch_size"], generator, config["activity_penalty"]
-        )
+            trainee, train_images, train_labels, optimizer, schedule, config["batch_size"], generator, config["activity_penalty"],
+            shard=processes,
+        )  # fmt: skip
         epoch_seconds.append(time.perf_counter() - start)
+        if not main:
+            continue
         test = evaluate(model, test_images, test_labels)
         for key, value in (("epoch", epoch), ("train_loss", loss), ("train_accuracy", accuracy), ("test_loss", test["loss"]), ("test_accuracy", test["accuracy"])):
             history[key].append(value)
         bar.set_postfix(loss=f"{loss:.4f}", test=f"{100 * test['accuracy']:.2f}%")
+    model = distributed.unwrap(trainee)
+    if not main:
+        return model, config, None
 
-    if isinstance(model, (TTFSNetwork, TTFSLayerNetwork)):
+    if isinstance(model, WindowedNetwork):
         snn = model
     else:
-        snn = relu_run_to_snn(model, config, train_images)
+        snn = relu_run_to_snn(model, config["window_factor"], train_images)
     test = snn_and_relu_metrics(snn, test_images, test_labels)
     train = snn_and_relu_metrics(snn, train_images, train_labels)
     trained_in_snn = config["mode"] != "relu"
@@ -483,12 +542,15 @@ def train_run(config: dict[str, Any], progress: bool = True) -> tuple[TTFSNetwor
         "relu_train_accuracy": train["relu_accuracy"],
         "snn_test_loss": test["loss"],
         "relu_test_loss": test["relu_loss"],
+        "train_saturated_spikes": train["saturated_spikes"],
         **{key: test[key] for key in ACTIVITY_KEYS},
         "epochs": config["epochs"],
         "steps": config["epochs"] * math.ceil(len(train_labels) / config["batch_size"]),
         "epoch_seconds": sum(epoch_seconds) / len(epoch_seconds),
         "epoch_seconds_each": epoch_seconds,
         "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "processes": 1 if processes is None else processes.world_size,
         "history": history,
     }
     if config["arch"] == "vgg":
@@ -501,6 +563,22 @@ def train_run(config: dict[str, Any], progress: bool = True) -> tuple[TTFSNetwor
             report["unfolded_relu_test_accuracy"] = evaluate(model, test_images, test_labels)["accuracy"]
     write_run(run_dir, snn, config, report)
     return snn, config, report
+
+
+def _load_training_data(config: dict[str, Any]) -> tuple[Dataset, Dataset]:
+    """The train and test splits; sets the config's input_shape and classes, and a folder's image size and channels."""
+    name = config["dataset"]
+    if is_image_folder(name):
+        size = tuple(config["image_size"]) if config["image_size"] is not None else None
+        train_set = load_dataset(name, "train", image_size=size, channels=config["channels"])
+        # The test split is read at the size and channels the training split resolved.
+        channels, height, width = (int(v) for v in train_set.images.shape[1:])
+        config["channels"], config["image_size"] = channels, [height, width]
+    else:
+        train_set = load_dataset(name, "train", config["data_dir"])
+    config["input_shape"] = list(train_set.images.shape[1:])
+    config["classes"] = list(train_set.classes) or [str(k) for k in range(int(train_set.labels.max()) + 1)]
+    return train_set, load_split(config, "test")
 
 
 def finetune_report(
@@ -543,20 +621,23 @@ def finetune_report(
     }
 
 
-def write_run(run_dir: Path, snn: TTFSNetwork, config: dict[str, Any], report: dict[str, Any]) -> None:
-    """Write config.json, checkpoint.pt, report.json and curve.png into ``run_dir``.
+def write_run(run_dir: Path, snn: WindowedNetwork, config: dict[str, Any], report: dict[str, Any]) -> None:
+    """Write config.json, checkpoint.pt, report.json and, when the report has a history of epochs, curve.png into ``run_dir``.
 
     The files are written into a temporary folder beside ``run_dir`` first and
-    moved in only when all four exist, so a failure leaves no half-written run.
+    moved in only when all exist, so a failure leaves no half-written run.
     """
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.", dir=run_dir.parent))
     try:
         models.save_run_model(staging, snn, config)
         (staging / models.REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        plot_curve(report["history"], staging / models.CURVE_FILE, title=config["name"])
+        names = [models.CONFIG_FILE, models.CHECKPOINT_FILE, models.REPORT_FILE]
+        if report["history"].get("epoch"):
+            plot_curve(report["history"], staging / models.CURVE_FILE, title=config["name"])
+            names.append(models.CURVE_FILE)
         run_dir.mkdir(exist_ok=True)
-        for name in (models.CONFIG_FILE, models.CHECKPOINT_FILE, models.REPORT_FILE, models.CURVE_FILE):
+        for name in names:
             os.replace(staging / name, run_dir / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -564,8 +645,8 @@ def write_run(run_dir: Path, snn: TTFSNetwork, config: dict[str, Any], report: d
 
 def plot_curve(history: dict[str, list[float]], path: Path, title: str = "") -> None:
     """Loss and accuracy per epoch (train and test) as a PNG, drawn with matplotlib's Agg backend."""
-    from matplotlib.figure import Figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     figure = Figure(figsize=(9, 3.5), layout="constrained")
     FigureCanvasAgg(figure)
@@ -590,13 +671,17 @@ def summary_lines(report: dict[str, Any], split: str = "test") -> list[str]:
     snn_accuracy = report[f"snn_{split}_accuracy"]
     relu_accuracy = report[f"relu_{split}_accuracy"]
     spikes = ", ".join(f"{value:.3f}" for value in report["spikes_per_neuron"])
+    origin = f"converted from {report['source']}" if report["mode"] == "convert" else f"trained as {report['mode']}"
     lines = [
-        f"network          {'-'.join(str(s) for s in report['sizes'])} (trained as {report['mode']}, {report['dtype']})",
+        f"network          {'-'.join(str(s) for s in report['sizes'])} ({origin}, {report['dtype']})",
     ]
     if report.get("arch") == "vgg" and "layers" in report:
         norm = f", batch norm {report['batch_norm']} the ReLU, folded" if report.get("batch_norm") else ""
         dense = ",".join(str(width) for width in report["widths"]) or "none"
         lines.append(f"conv layers      {report['layers']}, dense {dense}{norm} (sizes: neurons per layer)")
+    if "max_logit_difference" in report:
+        lines.append(f"original model   {100 * report['original_test_accuracy']:.2f} % test; its logits and the spiking "
+                     f"network's differ by at most {report['max_logit_difference']:.3g}")  # fmt: skip
     if "unfolded_relu_test_accuracy" in report:
         lines.append(f"unfolded ReLU    {100 * report['unfolded_relu_test_accuracy']:.2f} % test (as trained, before folding)")
     lines += [

@@ -1,8 +1,12 @@
 """VGG-style convolutional networks: the ReLU twin (optionally with batch norm) and the TTFS network.
 
-A layout is a spec string of 3x3 'same' convolutions and 2x2 max-pools,
-e.g. ``"16,P,32,P"`` (conv 16 channels, pool, conv 32, pool), followed by
-dense hidden widths and the readout.  :data:`VGG_LAYOUTS` holds the VGG16
+A layout is a spec string of stride-1 convolutions and max-pools, e.g.
+``"16,P,32,P"`` (a 3x3 'same' conv to 16 channels, a 2x2 pool, conv 32,
+pool) or ``"8:5:valid,P3,16"`` (a 5x5 'valid' conv, a 3x3 pool, a 3x3
+conv; :func:`parse_layers`), followed by dense hidden widths and the
+readout.  The syntax spells any kernel size and padding per layer, so one
+string describes a network trained here and one converted from a user's
+PyTorch model (ttfs.sw.convert) alike.  :data:`VGG_LAYOUTS` holds the VGG16
 layouts (13 conv layers, two dense 512 layers) for 32x32 inputs (five
 pools, as VGG16 on CIFAR) and for 28x28 inputs, where the fifth pool is
 dropped because 28 halves only four times (28, 14, 7, 3, 1).
@@ -11,8 +15,8 @@ dropped because 28 halves only four times (28, 14, 7, 3, 1).
 (an optional fixed :class:`InputNormalization`, then conv, batch norm
 before or after the ReLU, ReLU, pool, ..., flatten, linear, ..., linear
 readout).  Batch norm and input normalisation exist only in the ReLU twin:
-sw.folding folds them into the weights, after which :func:`relu_to_snn`
-copies every parameter into a :class:`sw.conv.TTFSLayerNetwork` (B1) and
+ttfs.sw.folding folds them into the weights, after which :func:`relu_to_snn`
+copies every parameter into a :class:`ttfs.sw.conv.TTFSLayerNetwork` (B1) and
 :func:`snn_to_relu` copies them back.
 """
 
@@ -24,8 +28,8 @@ from typing import Any
 
 import torch
 from torch import nn
-
-from sw.conv import (
+from ttfs.sw.conv import (
+    PADDINGS,
     BorderBiasConv2d,
     ConvError,
     SignedMaxPool2d,
@@ -33,13 +37,13 @@ from sw.conv import (
     TTFSFlatten,
     TTFSLayerNetwork,
     TTFSMaxPool2d,
+    check_conv_shape,
+    check_pool,
 )
-from sw.ttfs import TTFSDense
+from ttfs.sw.ttfs import DEFAULT_WINDOW_FACTOR, MAX_WIDTH, TTFSDense, copy_weight_and_bias
 
 POOL = "P"
 BATCH_NORM_PLACES = ("before", "after")
-#: Upper bound on a channel count or width; far above anything that trains on a CPU.
-MAX_CHANNELS = 1 << 16
 
 _VGG16_BLOCKS = "64,64,P,128,128,P,256,256,256,P,512,512,512,P,512,512,512"
 #: name -> (conv spec, dense hidden widths, input (height, width)).
@@ -49,57 +53,119 @@ VGG_LAYOUTS: dict[str, tuple[str, list[int], tuple[int, int]]] = {
 }
 
 
-def parse_layers(text: str) -> list[int | str]:
-    """A conv spec such as "64,64,P,128": channel counts of 3x3 convs and P for a 2x2 max-pool.
+@dataclass(frozen=True)
+class Conv:
+    """A stride-1 convolution to ``channels`` maps with a square ``kernel_size`` kernel and 'same' or 'valid' zero padding.
 
-    A name of :data:`VGG_LAYOUTS` stands for its conv spec.
+    Written ``C`` for the default 3x3 'same' convolution, otherwise ``C:K``
+    ('same') or ``C:K:valid``.
+    """
+
+    channels: int
+    kernel_size: int = 3
+    padding: str = "same"
+
+    def __str__(self) -> str:
+        if (self.kernel_size, self.padding) == (3, "same"):
+            return str(self.channels)
+        return f"{self.channels}:{self.kernel_size}" + (f":{self.padding}" if self.padding != "same" else "")
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A max-pool over ``size`` x ``size`` blocks, stride ``size``; written ``P`` (2x2) or ``P<size>``."""
+
+    size: int = 2
+
+    def __str__(self) -> str:
+        return POOL if self.size == 2 else f"{POOL}{self.size}"
+
+
+LayerItem = Conv | Pool
+
+
+def _parse_item(part: str, text: str, kernel_size: int, padding: str) -> LayerItem:
+    """One comma-separated item of a conv spec (see :func:`parse_layers`)."""
+    def number(value: str, what: str) -> int:
+        try:
+            result = int(value)
+        except ValueError:
+            raise ConvError(f"layers: {part!r} in {text!r} is neither a channel count nor P (pool): "
+                            f"{what} {value!r} is not an integer") from None
+        if not 1 <= result <= MAX_WIDTH:
+            raise ConvError(f"layers: {what} {result} in {part!r} is outside 1..{MAX_WIDTH}")
+        return result
+
+    if part[:1].upper() == POOL:
+        return Pool(number(part[1:], "pool size") if part[1:] else 2)
+    fields = part.split(":")
+    if len(fields) > 3 or not fields[0].strip():
+        raise ConvError(f"layers: {part!r} in {text!r} is neither a channel count nor P (pool); "
+                        "a conv is C, C:K or C:K:valid")
+    channels = number(fields[0], "channel count")
+    if len(fields) > 1:
+        kernel_size = number(fields[1], "kernel size")
+    if len(fields) > 2:
+        padding = fields[2].strip()
+    if padding not in PADDINGS:
+        raise ConvError(f"layers: padding {padding!r} in {part!r} is not one of {', '.join(PADDINGS)}")
+    return Conv(channels, kernel_size, padding)
+
+
+def parse_layers(text: str, kernel_size: int = 3, padding: str = "same") -> list[LayerItem]:
+    """A conv spec such as "64,64,P,128" as :class:`Conv` and :class:`Pool` items.
+
+    An item is a channel count ``C`` (a ``kernel_size`` x ``kernel_size``
+    conv with ``padding``, by default 3x3 'same'), ``C:K`` (a KxK 'same'
+    conv), ``C:K:valid`` or ``C:K:same``, ``P`` (a 2x2 max-pool) or ``P<N>``
+    (an NxN max-pool, stride N).  A name of :data:`VGG_LAYOUTS` stands for
+    its conv spec.
     """
     if text in VGG_LAYOUTS:
         text = VGG_LAYOUTS[text][0]
-    items: list[int | str] = []
-    for part in (part.strip() for part in str(text).split(",")):
-        if part.upper() == POOL:
-            items.append(POOL)
-            continue
-        try:
-            channels = int(part)
-        except ValueError:
-            raise ConvError(f"layers: {part!r} in {text!r} is neither a channel count nor P (pool)") from None
-        if not 1 <= channels <= MAX_CHANNELS:
-            raise ConvError(f"layers: channel count {channels} is outside 1..{MAX_CHANNELS}")
-        items.append(channels)
-    if not any(isinstance(item, int) for item in items):
+    items = [_parse_item(part.strip(), str(text), kernel_size, padding) for part in str(text).split(",")]
+    if not any(isinstance(item, Conv) for item in items):
         raise ConvError(f"layers: {text!r} has no convolution")
     return items
 
 
+def layers_text(items: Sequence[LayerItem]) -> str:
+    """The canonical spec string of conv and pool items (:func:`parse_layers` reads it back)."""
+    return ",".join(str(item) for item in items)
+
+
 @dataclass(frozen=True)
 class VGGSpec:
-    """A VGG-style network: conv spec, dense hidden widths, input shape, classes and options."""
+    """A VGG-style network: conv and pool items, dense hidden widths, input shape, classes and options."""
 
-    layers: tuple[int | str, ...]
+    layers: tuple[LayerItem, ...]
     dense: tuple[int, ...]
     input_shape: tuple[int, int, int]
     classes: int
-    kernel_size: int = 3
-    padding: str = "same"
     batch_norm: str | None = None
     input_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @classmethod
     def create(
         cls,
-        layers: str | Sequence[int | str],
+        layers: str | Sequence[LayerItem],
         dense: Sequence[int],
         input_shape: Sequence[int],
         classes: int,
+        *,
+        kernel_size: int = 3,
+        padding: str = "same",
         **options: Any,
     ) -> VGGSpec:
-        """Validated spec from a layers string (or list), dense widths, (C, H, W) and class count."""
-        items = parse_layers(layers) if isinstance(layers, str) else parse_layers(",".join(str(item) for item in layers))
+        """Validated spec from a layers string (or items), dense widths, (C, H, W) and class count.
+
+        ``kernel_size`` and ``padding`` are those of the convs the string
+        gives by their channel count alone.
+        """
+        items = parse_layers(layers if isinstance(layers, str) else layers_text(layers), kernel_size, padding)
         for width in dense:
-            if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= MAX_CHANNELS:
-                raise ConvError(f"dense widths: {width!r} is not an integer in 1..{MAX_CHANNELS}")
+            if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= MAX_WIDTH:
+                raise ConvError(f"dense widths: {width!r} is not an integer in 1..{MAX_WIDTH}")
         if len(input_shape) != 3 or any(not isinstance(v, int) or v < 1 for v in input_shape):
             raise ConvError(f"input shape: {list(input_shape)!r} is not [channels, height, width]")
         if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
@@ -121,16 +187,14 @@ class VGGSpec:
         channels, height, width = self.input_shape
         shapes = [(channels, height, width)]
         for item in self.layers:
-            if item == POOL:
-                if height < 2 or width < 2:
-                    raise ConvError(f"layers: a 2x2 pool does not fit the {height}x{width} maps of {self.layers}")
-                height, width = height // 2, width // 2
-            else:
-                if self.padding == "valid":
-                    height, width = height - self.kernel_size + 1, width - self.kernel_size + 1
-                    if min(height, width) < 1:
-                        raise ConvError(f"layers: a 'valid' {self.kernel_size}x{self.kernel_size} conv does not fit {self.layers}")
-                channels = item
+            try:
+                if isinstance(item, Pool):
+                    height, width = check_pool(channels, item.size, (height, width))
+                else:
+                    height, width = check_conv_shape(channels, item.channels, item.kernel_size, item.padding, (height, width))
+                    channels = item.channels
+            except ConvError as err:
+                raise ConvError(f"layers {layers_text(self.layers)}: {err}") from None
             shapes.append((channels, height, width))
         return shapes
 
@@ -154,7 +218,7 @@ def spec_from_config(config: dict[str, Any], *, with_batch_norm: bool = True) ->
 
 
 class InputNormalization(nn.Module):
-    """Fixed per-channel input normalisation (x - mean) / std (buffers; folded away by sw.folding)."""
+    """Fixed per-channel input normalisation (x - mean) / std (buffers; folded away by ttfs.sw.folding)."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype | None = None) -> None:
         super().__init__()
@@ -169,7 +233,7 @@ class InputNormalization(nn.Module):
 class ReLUConvNetwork(nn.Module):
     """The ReLU twin of a conv TTFS network: ordinary torch modules in ``layers``, applied in order.
 
-    The last module is the nn.Linear readout.  ``forward(images,
+    The last module is the nn.Linear readout, or a batch norm after it (folded into it).  ``forward(images,
     return_activations=True)`` also returns the input and the output of every
     ReLU (before any batch norm that follows it): the TTFS network's
     spike-coded activations.
@@ -177,8 +241,9 @@ class ReLUConvNetwork(nn.Module):
 
     def __init__(self, layers: Sequence[nn.Module], input_shape: Sequence[int]) -> None:
         super().__init__()
-        if not layers or not isinstance(layers[-1], nn.Linear):
-            raise ConvError("the last layer of the ReLU network must be an nn.Linear readout")
+        weighted = [layer for layer in layers if not isinstance(layer, nn.modules.batchnorm._BatchNorm)]
+        if not weighted or not isinstance(weighted[-1], nn.Linear):
+            raise ConvError("the last layer of the ReLU network must be an nn.Linear readout (a batch norm may follow it)")
         self.layers = nn.ModuleList(layers)
         self.input_shape = tuple(input_shape)
 
@@ -193,7 +258,7 @@ class ReLUConvNetwork(nn.Module):
 
     @property
     def has_normalization(self) -> bool:
-        """True while batch norm or input normalisation remain (sw.folding removes them)."""
+        """True while batch norm or input normalisation remain (ttfs.sw.folding removes them)."""
         return any(isinstance(layer, (nn.modules.batchnorm._BatchNorm, InputNormalization)) for layer in self.layers)
 
 
@@ -209,12 +274,12 @@ def build_relu(spec: VGGSpec, *, dtype: torch.dtype | None = None) -> ReLUConvNe
             return [nn.ReLU()]
         return [norm, nn.ReLU()] if spec.batch_norm == "before" else [nn.ReLU(), norm]
 
-    for item, (channels, height, width), (out_channels, _, _) in zip(spec.layers, shapes, shapes[1:]):
-        if item == POOL:
-            modules.append(SignedMaxPool2d(channels, (height, width), 2))
+    for item, (channels, height, width) in zip(spec.layers, shapes):
+        if isinstance(item, Pool):
+            modules.append(SignedMaxPool2d(channels, (height, width), item.size))
             continue
-        modules.append(BorderBiasConv2d(channels, out_channels, spec.kernel_size, (height, width), padding=spec.padding, dtype=dtype))
-        norm = nn.BatchNorm2d(out_channels, dtype=dtype) if spec.batch_norm else None
+        modules.append(BorderBiasConv2d(channels, item.channels, item.kernel_size, (height, width), padding=item.padding, dtype=dtype))
+        norm = nn.BatchNorm2d(item.channels, dtype=dtype) if spec.batch_norm else None
         modules += activation_block(norm)
     modules.append(nn.Flatten())
     features = spec.flat_features
@@ -226,14 +291,14 @@ def build_relu(spec: VGGSpec, *, dtype: torch.dtype | None = None) -> ReLUConvNe
     return ReLUConvNetwork(modules, spec.input_shape)
 
 
-def relu_to_snn(relu: ReLUConvNetwork, *, window_factor: float = 10.0) -> TTFSLayerNetwork:
+def relu_to_snn(relu: ReLUConvNetwork, *, window_factor: float = DEFAULT_WINDOW_FACTOR) -> TTFSLayerNetwork:
     """The TTFS network with the same parameters (B1), windows of length 1 (calibrate them).
 
     ``relu`` must hold no batch norm or input normalisation: fold them first
-    (sw.folding.fold_network).
+    (ttfs.sw.folding.fold_network).
     """
     if relu.has_normalization:
-        raise ConvError("the ReLU network still holds batch norm or input normalisation: fold it first (sw.folding)")
+        raise ConvError("the ReLU network still holds batch norm or input normalisation: fold it first (ttfs.sw.folding)")
     dtype = relu.layers[-1].weight.dtype
     layers: list[nn.Module] = []
     last = len(relu.layers) - 1
@@ -257,11 +322,10 @@ def relu_to_snn(relu: ReLUConvNetwork, *, window_factor: float = 10.0) -> TTFSLa
         else:
             raise ConvError(f"layers[{index}] ({type(module).__name__}) has no TTFS counterpart")
         if isinstance(module, (BorderBiasConv2d, nn.Linear)):
-            with torch.no_grad():
-                layer.weight.copy_(module.weight)
-                layer.bias.copy_(module.bias)
+            copy_weight_and_bias(module, layer)
         layers.append(layer)
-    return TTFSLayerNetwork(layers, relu.input_shape, window_factor=window_factor, dtype=dtype)
+    snn = TTFSLayerNetwork(layers, relu.input_shape, window_factor=window_factor, dtype=dtype)
+    return snn.to(relu.layers[-1].weight.device)
 
 
 def snn_to_relu(snn: TTFSLayerNetwork) -> ReLUConvNetwork:
@@ -273,9 +337,8 @@ def snn_to_relu(snn: TTFSLayerNetwork) -> ReLUConvNetwork:
                 layer.in_channels, layer.out_channels, layer.kernel_size, layer.input_size,
                 padding=layer.padding, dtype=layer.weight.dtype,
             )  # fmt: skip
+            copy_weight_and_bias(layer, module)
             with torch.no_grad():
-                module.weight.copy_(layer.weight)
-                module.bias.copy_(layer.bias)
                 module.border_bias.copy_(layer.border_bias)
             modules += [module, nn.ReLU()]
         elif isinstance(layer, TTFSMaxPool2d):
@@ -286,21 +349,39 @@ def snn_to_relu(snn: TTFSLayerNetwork) -> ReLUConvNetwork:
             modules.append(nn.Flatten())
         else:
             module = nn.Linear(layer.inputs, layer.outputs, dtype=layer.weight.dtype)
-            with torch.no_grad():
-                module.weight.copy_(layer.weight)
-                module.bias.copy_(layer.bias)
+            copy_weight_and_bias(layer, module)
             modules += [module] if layer.readout else [module, nn.ReLU()]
-    return ReLUConvNetwork(modules, snn.input_shape)
+    return ReLUConvNetwork(modules, snn.input_shape).to(snn.layers[-1].weight.device)
 
 
-def build_snn(spec: VGGSpec, *, dtype: torch.dtype | None = None, window_factor: float = 10.0) -> TTFSLayerNetwork:
+def spec_of(network: ReLUConvNetwork) -> VGGSpec:
+    """The spec of a ReLU twin without normalisation: its convs and pools, dense widths, input shape and classes.
+
+    :func:`build_relu` of the result has the same modules in the same order
+    (ReLUs aside), so the TTFS networks of both share one state_dict layout.
+    """
+    if network.has_normalization:
+        raise ConvError("the ReLU network still holds batch norm or input normalisation: fold it first (ttfs.sw.folding)")
+    items: list[LayerItem] = []
+    dense: list[int] = []
+    for module in network.layers:
+        if isinstance(module, BorderBiasConv2d):
+            items.append(Conv(module.out_channels, module.kernel_size[0], module.padding))
+        elif isinstance(module, SignedMaxPool2d):
+            items.append(Pool(module.size))
+        elif isinstance(module, nn.Linear):
+            dense.append(module.out_features)
+    return VGGSpec.create(items, dense[:-1], network.input_shape, dense[-1])
+
+
+def build_snn(spec: VGGSpec, *, dtype: torch.dtype | None = None, window_factor: float = DEFAULT_WINDOW_FACTOR) -> TTFSLayerNetwork:
     """A freshly initialised conv TTFS network of ``spec`` (no batch norm: that lives in the ReLU twin only)."""
     if spec.batch_norm or spec.input_norm is not None:
         raise ConvError("batch norm and input normalisation exist only in the ReLU twin: train it (mode relu) and fold")
     return relu_to_snn(build_relu(spec, dtype=dtype), window_factor=window_factor)
 
 
-def build_seeded(spec: VGGSpec, *, seed: int, dtype: torch.dtype, relu: bool, window_factor: float = 10.0) -> nn.Module:
+def build_seeded(spec: VGGSpec, *, seed: int, dtype: torch.dtype, relu: bool, window_factor: float = DEFAULT_WINDOW_FACTOR) -> nn.Module:
     """A ReLU twin (``relu``) or TTFS network of ``spec`` whose parameters depend only on ``seed``.
 
     Both are drawn through the ReLU twin, so a seed gives the same weights

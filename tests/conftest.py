@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from sim.bundle import Bundle, save_bundle
-from sim.random_bundle import random_bundle, random_images
+from ttfs.contract.bundle import Bundle, save_bundle
+from ttfs.sim.random_bundle import random_bundle, random_images
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Board table, resource counting, fit check and real board builds (hw.boards, hw.bitstream)."""
+"""Board table, resource counting, fit check and real board builds (ttfs.contract.boards, ttfs.hw.board.bitstream)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,22 @@ import json
 from pathlib import Path
 
 import pytest
-
-from hw.bitstream import (
-    NAME, _utilisation_from_log, build_board, ecp5_pll_dividers, fit_check, nextpnr_counts, tool_errors,
+from ttfs.cli import main as cli
+from ttfs.contract.boards import BOARDS, BoardError, get_board
+from ttfs.contract.bundle import load_bundle
+from ttfs.hw.board.bitstream import (
+    NAME,
+    _utilisation_from_log,
+    board_platform,
+    build_board,
+    ecp5_pll_dividers,
+    fit_check,
+    nextpnr_counts,
+    tool_errors,
     xilinx_counts,
 )
-from hw.boards import BOARDS, get_board
-from hw.errors import HardwareError
-from hw.uart import uart_divisor
-from sim.bundle import load_bundle
-from sw import cli
+from ttfs.hw.board.uart import uart_divisor
+from ttfs.hw.errors import HardwareError
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_BUNDLE = REPO / "fixtures" / "bundles" / "edge-deep"
@@ -26,7 +32,7 @@ REPORT_FIELDS = {"board", "device", "lut", "ff", "bram", "dsp", "fmax_mhz", "bit
 @pytest.mark.parametrize("name", sorted(BOARDS))
 def test_board_table_matches_the_platforms(name):
     board = get_board(name)
-    platform = board.platform()
+    platform = board_platform(board)
     assert board.device.lower().startswith(platform.device.lower())
     assert platform.default_clk_frequency == board.clock_hz
     uart_divisor(board.system_clock_hz, board.baud)  # a rate the circuit's clock makes within 2 %
@@ -51,7 +57,7 @@ def test_ecp5_pll_dividers():
 
 
 def test_unknown_board_is_refused():
-    with pytest.raises(HardwareError, match="arty, arty-a7-100, ulx3s, icebreaker"):
+    with pytest.raises(BoardError, match="arty, arty-a7-100, ulx3s, icebreaker"):
         get_board("de10")
 
 

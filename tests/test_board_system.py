@@ -1,7 +1,7 @@
 """System test: the board top's UART driven by the host tool's protocol code, in cocotb on Verilator.
 
 The testbench is ``sim/cocotb/tb_board.py``; this module builds the Verilog
-of ``hw.board.BoardTop`` for a small fixture bundle (edge-deep: 3x2x2 ->
+of ``ttfs.hw.board.top.BoardTop`` for a small fixture bundle (edge-deep: 3x2x2 ->
 9 -> 7 -> 6 -> 4, T = 32) at 4 clock cycles per UART bit, runs the
 testbench and checks its summary.
 """
@@ -15,9 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from sim.bundle import load_bundle
-from sim.cocotb_flow import TIMESCALE, VERILATOR_ARGS, VERILATOR_MAKEFLAGS, SimulatorMissing, check_simulator
+from ttfs.contract.bundle import load_bundle
+from ttfs.sim.verify.flow import (
+    TIMESCALE,
+    VERILATOR_ARGS,
+    VERILATOR_MAKEFLAGS,
+    SimulatorMissing,
+    check_simulator,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLE = REPO / "fixtures" / "bundles" / "edge-deep"
@@ -34,8 +39,7 @@ def build_board(bundle, directory: Path):
     """Verilog of the board top for ``bundle`` (4 cycles per bit), built with Verilator; reused when unchanged."""
     from amaranth.back import verilog
     from cocotb_tools.runner import get_runner
-
-    from hw.board import BoardTop
+    from ttfs.hw.board.top import BoardTop
 
     clock_hz = 1e9 / CLOCK_NS
     top = BoardTop(bundle, lanes=3, clock_hz=clock_hz, baud=round(clock_hz / DIVISOR),
@@ -68,8 +72,7 @@ def test_board_link_with_malformed_frames(tmp_path):
         pytest.fail(f"the system test needs Verilator: {err}")
     from cocotb_tools.check_results import get_results
     from cocotb_tools.runner import get_runner
-
-    from sw.host_link import link_info
+    from ttfs.contract.wire import link_info
 
     bundle = load_bundle(BUNDLE)
     directory = REPO / "build" / "sim" / "board-edge-deep-verilator"
@@ -94,7 +97,7 @@ def test_board_link_with_malformed_frames(tmp_path):
     results = tmp_path / "results.xml"
     try:
         get_runner("verilator").test(
-            test_module="sim.cocotb.tb_board", hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
+            test_module="ttfs.sim.verify.tb_board", hdl_toplevel=TOPLEVEL, hdl_toplevel_lang="verilog",
             build_dir=directory, test_dir=tmp_path, results_xml=str(results),
             extra_env={"TTFS_BOARD_JOB": str(job_path)}, timescale=TIMESCALE,
             log_file=tmp_path / "sim.log")
@@ -124,8 +127,8 @@ def test_board_link_with_malformed_frames(tmp_path):
     ({"leds": 0}, "leds"),
 ])
 def test_board_top_refuses_bad_parameters(kwargs, message):
-    from hw.board import BoardTop
-    from hw.errors import HardwareError
+    from ttfs.hw.board.top import BoardTop
+    from ttfs.hw.errors import HardwareError
 
     settings = {"lanes": 3, "clock_hz": 100e6, "baud": 1_000_000, **kwargs}
     with pytest.raises(HardwareError, match=message):

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import sim.bundle as bundle_module
-from sim.bundle import (
+import ttfs.contract.bundle as bundle_module
+from ttfs.contract.bundle import (
     Bundle,
     BundleError,
     default_lut,
@@ -19,8 +18,8 @@ from sim.bundle import (
     save_bundle,
     validate,
 )
-from sim.errors import TTFSError
-from sim.random_bundle import random_bundle
+from ttfs.contract.errors import TTFSError
+from ttfs.sim.random_bundle import random_bundle
 
 
 def _arrays_equal(a: Bundle, b: Bundle) -> bool:
@@ -246,7 +245,7 @@ def _object_array(array):
 
 MALFORMED = {
     "format": (_edit_json(_set("format", "ttfs")), "format"),
-    "version-2": (_edit_json(_set("version", 2)), "version"),
+    "version-3": (_edit_json(_set("version", 3)), "version"),
     "version-string": (_edit_json(_set("version", "1")), "version"),
     "missing-version": (_edit_json(_delete("version")), "version"),
     "time-steps-not-power": (_edit_json(_set("time_steps", 12)), "time_steps"),

@@ -1,4 +1,4 @@
-"""``ttfs golden`` and ``ttfs bench golden``, run in-process through sw.cli.main."""
+"""``ttfs golden`` and ``ttfs bench golden``, run in-process through ttfs.cli.main.main."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import pytest
-
-from sim.bundle import load_bundle, save_bundle
-from sim.golden import run
-from sim.random_bundle import random_bundle, random_images
-from sw.cli import main
-from sw.datasets import load_dataset
+from ttfs.cli.main import main
+from ttfs.contract.bundle import load_bundle, save_bundle
+from ttfs.contract.datasets import load_dataset
+from ttfs.sim.golden import run
+from ttfs.sim.random_bundle import random_bundle, random_images
 
 
 def _one_line_error(capsys, field: str) -> str:

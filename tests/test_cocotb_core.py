@@ -16,17 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from sim.bundle import Layer, load_bundle
-from sim.cocotb_flow import (
+from ttfs.contract.bundle import Layer, load_bundle
+from ttfs.sim.golden import run as golden_run
+from ttfs.sim.random_bundle import random_bundle, random_images
+from ttfs.sim.verify.flow import (
     SimulatorMissing,
     StimulusSettings,
     build_core,
     check_run,
     run_core,
 )
-from sim.golden import run as golden_run
-from sim.random_bundle import random_bundle, random_images
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_CACHE = REPO_ROOT / "build" / "sim"
@@ -104,8 +103,8 @@ def test_edge_fixtures_match_their_vectors(name, tmp_path):
         activations = [vectors[f"activations_{k}"] for k in range(1 + len(bundle.hidden_layers))]
     run, scoreboard = simulate(bundle, name, images, tmp_path, "icarus", lanes=3, pixels_per_beat=2)
     assert_exact(run, scoreboard)
-    # Independently of sim.golden: the fixture's stored numbers.
-    from sim.golden import activations_from_trace
+    # Independently of ttfs.sim.golden: the fixture's stored numbers.
+    from ttfs.sim.golden import activations_from_trace
     for image, hardware in enumerate(run.hardware):
         assert hardware.logits.tolist() == logits[image].tolist()
         assert hardware.cls == classes[image]
@@ -186,7 +185,7 @@ def test_trained_mnist_small_on_200_images(tmp_path):
     bundle_dir = FIXTURES / "mnist-small"
     if not (bundle_dir / "network.json").is_file():
         pytest.skip("fixtures/bundles/mnist-small is not exported yet")
-    from sw.datasets import load_dataset
+    from ttfs.contract.datasets import load_dataset
 
     images = load_dataset("mnist-sample", "test").images[:200]
     bundle = load_bundle(bundle_dir)
@@ -201,7 +200,7 @@ def test_default_mnist_fc2_on_50_images(tmp_path):
     bundle_dir = FIXTURES / "mnist-fc2"
     if not (bundle_dir / "network.json").is_file():
         pytest.skip("fixtures/bundles/mnist-fc2 is not exported yet")
-    from sw.datasets import load_dataset
+    from ttfs.contract.datasets import load_dataset
 
     images = load_dataset("mnist-sample", "test").images[:50]
     bundle = load_bundle(bundle_dir)
@@ -216,7 +215,7 @@ def test_default_mnist_fc2_on_50_images(tmp_path):
 
 
 def _ttfs(*argv):
-    from sw.cli import main
+    from ttfs.cli.main import main
 
     return main(list(argv))
 

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-
-from sw import vgg
-from sw.conv import ConvError, TTFSConv2d, TTFSLayerNetwork, TTFSMaxPool2d
-from sw.ttfs import TTFSDense
+from ttfs.sw import vgg
+from ttfs.sw.conv import ConvError, TTFSConv2d, TTFSLayerNetwork, TTFSMaxPool2d
+from ttfs.sw.ttfs import TTFSDense
 
 DTYPE = torch.float64
 
@@ -82,7 +81,7 @@ def test_conv_layer_equals_its_unrolled_dense_layer(padding):
 
 
 def event_driven_spike_times(weight: np.ndarray, bias: np.ndarray, t_in: np.ndarray, t_min: float, t_max: float) -> np.ndarray:
-    """One neuron per row of ``weight``, simulated event by event (numpy, independent of sw.conv).
+    """One neuron per row of ``weight``, simulated event by event (numpy, independent of ttfs.sw.conv).
 
     Before t_min each input spike adds its weight to the slope and the
     potential grows piecewise linearly; from t_min the slope is 1 (B1) and
@@ -276,17 +275,27 @@ def test_synaptic_events_count_every_connection():
 
 
 def test_spec_parsing_and_vgg16_layouts():
-    assert vgg.parse_layers("16, P,32,p") == [16, "P", 32, "P"]
-    for bad, message in (("16,Q", "neither"), ("0,P", "outside"), ("P,P", "no convolution")):
+    assert vgg.parse_layers("16, P,32,p") == [vgg.Conv(16), vgg.Pool(), vgg.Conv(32), vgg.Pool()]
+    # Any kernel size and padding per conv, any pool size: a converted network's layers.
+    items = vgg.parse_layers("8:5:valid,P3,16:1,4:3:same")
+    assert items == [vgg.Conv(8, 5, "valid"), vgg.Pool(3), vgg.Conv(16, 1, "same"), vgg.Conv(4)]
+    assert vgg.layers_text(items) == "8:5:valid,P3,16:1,4"
+    assert vgg.parse_layers("4,P", kernel_size=5, padding="valid") == [vgg.Conv(4, 5, "valid"), vgg.Pool()]
+    for bad, message in (("16,Q", "neither"), ("0,P", "outside"), ("P,P", "no convolution"), ("8:3:full", "padding 'full'"),
+                         ("8:x", "kernel size 'x'"), ("P0", "pool size 0"), ("8:3:same:1", "C:K:valid")):
         with pytest.raises(ConvError, match=message):
             vgg.parse_layers(bad)
+    spec = vgg.VGGSpec.create("8:5:valid,P3", [], (1, 14, 14), 2)
+    assert spec.shapes() == [(1, 14, 14), (8, 10, 10), (8, 3, 3)] and spec.flat_features == 72
+    with pytest.raises(ConvError, match="'valid' convolution does not fit a 4x4 input"):
+        vgg.VGGSpec.create("4:5:valid", [], (1, 4, 4), 2)
     with pytest.raises(ConvError, match="pool does not fit"):
         vgg.VGGSpec.create("4,P,4,P,4,P", [], (1, 4, 4), 2)
     with pytest.raises(ConvError, match="batch_norm"):
         vgg.VGGSpec.create("4", [], (1, 4, 4), 2, batch_norm="middle")
     for name, (layers, dense, (height, width)) in vgg.VGG_LAYOUTS.items():
         spec = vgg.VGGSpec.create(name, dense, (3, height, width), 10)
-        assert sum(isinstance(item, int) for item in spec.layers) == 13, name
+        assert sum(isinstance(item, vgg.Conv) for item in spec.layers) == 13, name
         assert spec.flat_features == 512, name  # the last block's maps are 1x1
     with pytest.raises(ConvError, match="pool does not fit"):
         vgg.VGGSpec.create("vgg16-32", [512], (1, 28, 28), 10)

@@ -1,4 +1,4 @@
-"""sw.datasets: the embedded MNIST sample, IDX and CIFAR readers, user input files.
+"""ttfs.contract.datasets: the embedded MNIST sample, IDX and CIFAR readers, user input files.
 
 Every foreign-format file here is synthetic, written by the test itself, so
 the suite needs no downloads.
@@ -17,17 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from sim.errors import TTFSError
-from sw.datasets import (
+from ttfs.contract.datasets import (
     CIFAR10_CLASSES,
     FASHION_MNIST_CLASSES,
-    SAMPLE_LOCATIONS,
+    SAMPLE_FILE_NAME,
     Dataset,
     DatasetError,
     load_dataset,
     load_images_npz,
 )
+from ttfs.contract.errors import TTFSError
+from ttfs.contract.resources import packaged
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_NPZ = REPO_ROOT / "fixtures" / "data" / "mnist-sample.npz"
@@ -50,7 +50,7 @@ def sample_file():
 
 
 def test_sample_is_found_relative_to_the_package():
-    assert SAMPLE_LOCATIONS[0] == SAMPLE_NPZ
+    assert packaged("data", SAMPLE_FILE_NAME) == SAMPLE_NPZ
     assert SAMPLE_NPZ.is_file()
 
 
@@ -469,3 +469,136 @@ def test_images_npz_not_an_archive(tmp_path):
     garbage.write_bytes(b"not an archive at all")
     with pytest.raises(DatasetError, match="not a readable .npz file"):
         load_images_npz(garbage)
+
+
+# --- a user's data: npz:FILE and folder:DIR -------------------------------------
+
+
+def _digits(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (count, 1, 5, 4), dtype=np.uint8), np.arange(count, dtype=np.int64) % 3
+
+
+def test_user_npz_with_explicit_splits(tmp_path):
+    images, labels = _digits(12)
+    path = tmp_path / "mine.npz"
+    np.savez(path, train_images=images[:9], train_labels=labels[:9], test_images=images[9:, 0],
+             test_labels=labels[9:], classes=np.array(["a", "b", "c"]))
+    train = load_dataset(f"npz:{path}", "train")
+    test = load_dataset(f"npz:{path}", "test")
+    assert train.images.shape == (9, 1, 5, 4) and test.images.shape == (3, 1, 5, 4)
+    assert np.array_equal(test.images, images[9:]) and test.classes == ["a", "b", "c"]
+    assert test.labels.dtype == np.int64 and test.labels.tolist() == labels[9:].tolist()
+
+
+def test_user_npz_with_indices_or_a_seeded_split(tmp_path):
+    images, labels = _digits(20)
+    indexed = tmp_path / "indexed.npz"
+    np.savez(indexed, images=images, labels=labels, train_indices=np.arange(15), test_indices=np.arange(15, 20))
+    assert np.array_equal(load_dataset(f"npz:{indexed}", "test").images, images[15:])
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, images=images, labels=labels)
+    train, test = (load_dataset(f"npz:{plain}", split) for split in ("train", "test"))
+    assert len(train.labels) + len(test.labels) == 20
+    # A fifth of each class (rounded up) is the test split, the same on every call.
+    assert sorted(np.bincount(test.labels).tolist()) == [2, 2, 2]
+    assert np.array_equal(load_dataset(f"npz:{plain}", "test").images, test.images)
+    seen = {bytes(image) for image in np.concatenate([train.images, test.images])}
+    assert len(seen) == 20 and test.classes == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"images": np.zeros((2, 3, 3), np.uint8)}, "expected 'images' and 'labels'"),
+        ({"images": np.zeros((2, 3, 3), np.float32), "labels": np.zeros(2, np.int64)}, "expected uint8"),
+        ({"images": np.zeros((2, 3, 3), np.uint8), "labels": np.zeros(3, np.int64)}, "3 labels for 2 images"),
+        ({"images": np.zeros((2, 3, 3), np.uint8), "labels": np.array([0, -4])}, "negative value -4"),
+        ({"images": np.zeros((2, 3, 3), np.uint8), "labels": np.array([0, 5]), "classes": np.array(["x", "y"])},
+         "label 5, outside 0..1"),
+        ({"images": np.zeros((4, 3, 3), np.uint8), "labels": np.zeros(4, np.int64),
+          "train_indices": np.array([0, 9]), "test_indices": np.array([1])}, "'train_indices' must be"),
+    ],
+)
+def test_user_npz_errors_name_the_array(tmp_path, arrays, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(f"npz:{path}", "train")
+
+
+def _write_png(path: Path, pixels: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def test_image_folder_grey_pngs_in_class_folders(tmp_path):
+    rng = np.random.default_rng(3)
+    for name in ("cat", "dog"):
+        for k in range(5):
+            _write_png(tmp_path / "data" / name / f"{k}.png", rng.integers(0, 256, (6, 7), dtype=np.uint8))
+    train = load_dataset(f"folder:{tmp_path / 'data'}", "train")
+    test = load_dataset(f"folder:{tmp_path / 'data'}", "test")
+    assert train.classes == ["cat", "dog"] and train.images.shape == (8, 1, 6, 7)
+    assert test.images.shape == (2, 1, 6, 7) and sorted(test.labels.tolist()) == [0, 1]
+    from PIL import Image
+
+    first = tmp_path / "data" / "cat" / "0.png"
+    decoded = np.asarray(Image.open(first))
+    both = np.concatenate([train.images, test.images])
+    assert any(np.array_equal(image[0], decoded) for image in both)
+
+
+def test_image_folder_split_folders_rgb_and_resizing(tmp_path):
+    rng = np.random.default_rng(4)
+    for split, count in (("train", 3), ("test", 2)):
+        for name in ("a", "b"):
+            for k in range(count):
+                _write_png(tmp_path / split / name / f"{k}.png", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    test = load_dataset(f"folder:{tmp_path}", "test")
+    assert test.images.shape == (4, 3, 8, 8) and test.labels.tolist() == [0, 0, 1, 1]
+    small_grey = load_dataset(f"folder:{tmp_path}", "train", image_size=(4, 4), channels=1)
+    assert small_grey.images.shape == (6, 1, 4, 4)
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(DatasetError, match="no such folder"):
+        load_dataset(f"folder:{tmp_path / 'none'}", "train")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no class subfolders"):
+        load_dataset(f"folder:{tmp_path / 'empty'}", "train")
+    _write_png(tmp_path / "sizes" / "a" / "0.png", np.zeros((4, 4), np.uint8))
+    _write_png(tmp_path / "sizes" / "a" / "1.png", np.zeros((5, 4), np.uint8))
+    _write_png(tmp_path / "sizes" / "b" / "0.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(DatasetError, match="give an image size"):
+        load_dataset(f"folder:{tmp_path / 'sizes'}", "train")
+    (tmp_path / "broken" / "a").mkdir(parents=True)
+    (tmp_path / "broken" / "a" / "0.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match="not a readable image"):
+        load_dataset(f"folder:{tmp_path / 'broken'}", "train")
+    with pytest.raises(DatasetError, match="too few images for a test split"):
+        load_dataset(f"folder:{tmp_path / 'broken'}", "test")
+
+
+def test_dataset_names(tmp_path):
+    from ttfs.contract.datasets import check_dataset_name
+
+    assert check_dataset_name("npz:x.npz") == "npz:x.npz" and check_dataset_name("mnist") == "mnist"
+    for bad in ("npz:", "folder:", "imagenet", "zip:x"):
+        with pytest.raises(DatasetError):
+            check_dataset_name(bad)
+
+
+def test_data_for_a_network_input_reads_folders_at_its_size(tmp_path):
+    from ttfs.contract.datasets import is_image_folder, load_for_input
+
+    rng = np.random.default_rng(5)
+    for name in ("a", "b"):
+        for k in range(5):
+            _write_png(tmp_path / name / f"{k}.png", rng.integers(0, 256, (9, 7, 3), dtype=np.uint8))
+    assert is_image_folder(f"folder:{tmp_path}") and not is_image_folder("npz:x.npz") and not is_image_folder("mnist")
+    grey = load_for_input(f"folder:{tmp_path}", "train", None, (1, 4, 6))
+    assert grey.images.shape == (8, 1, 4, 6)
+    assert load_for_input("mnist-sample", "test", None, (3, 4, 6)).images.shape == (1000, 1, 28, 28)  # as it is

@@ -1,4 +1,4 @@
-"""Export (sw.export, ttfs export / sweep) and the committed trained fixtures."""
+"""Export (ttfs.sw.export, ttfs export / sweep) and the committed trained fixtures."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from sim import golden
-from sim.bundle import load_bundle
-from sim.errors import TTFSError
-from sim.readmemh import read_readmemh
-from sw import cli, export, models, training
-from sw.datasets import load_dataset
-from sw.quantize import IntegerNetwork, QuantizeError
+from ttfs.cli import main as cli
+from ttfs.contract.bundle import load_bundle
+from ttfs.contract.datasets import load_dataset
+from ttfs.contract.errors import TTFSError
+from ttfs.contract.readmemh import read_readmemh
+from ttfs.sim import golden
+from ttfs.sw import export, models, training
+from ttfs.sw.quantize import IntegerNetwork, QuantizeError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = REPO_ROOT / "fixtures" / "bundles"

@@ -1,4 +1,4 @@
-"""Hardware fine-tuning: noise, time and weight quantisation, low latency (sw.finetune).
+"""Hardware fine-tuning: noise, time and weight quantisation, low latency (ttfs.sw.finetune).
 
 The building blocks are checked exactly (grids, power-of-two scales,
 straight-through gradients, jitter that leaves silent neurons silent,
@@ -16,9 +16,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from sw import finetune as ft
-from sw import models, training, vgg
+from ttfs.sw import finetune as ft
+from ttfs.sw import models, training, vgg
 
 DTYPE = torch.float64
 
@@ -208,7 +207,7 @@ def test_bad_settings_raise_clear_errors(trained):
 
 
 def test_cli_trains_fine_tunes_and_sweeps_a_conv_run(tmp_path, capsys):
-    from sw import cli
+    from ttfs.cli import main as cli
 
     base = tmp_path / "vgg"
     assert cli.main(["train", "--arch", "vgg", "--layers", "4,P", "--epochs", "1", "--batch-size", "200", "--lr", "5e-3",
@@ -256,7 +255,7 @@ def test_named_vgg16_layout_brings_its_dense_head():
     ],
 )
 def test_cli_refuses_bad_conv_and_hardware_settings(capsys, argv, message):
-    from sw import cli
+    from ttfs.cli import main as cli
 
     assert cli.main(argv) == 2
     error = capsys.readouterr().err

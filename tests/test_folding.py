@@ -11,10 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-
-from sw import vgg
-from sw.conv import TTFSConv2d, TTFSMaxPool2d
-from sw.folding import FoldingError, batch_norm_affine, fold_network
+from ttfs.sw import vgg
+from ttfs.sw.conv import TTFSConv2d, TTFSMaxPool2d
+from ttfs.sw.folding import FoldingError, batch_norm_affine, fold_network
 
 DTYPE = torch.float64
 INPUT_NORM = ((0.3, 0.5), (0.2, 0.4))
@@ -200,8 +199,8 @@ def test_folded_dense_head_and_flatten():
 
 def test_batch_norm_run_is_folded_saved_and_loaded(tmp_path):
     """`ttfs train --arch vgg --mode relu --batch-norm after`: the run stores the folded TTFS network."""
-    from sw import models, training
-    from sw.conv import TTFSLayerNetwork
+    from ttfs.sw import models, training
+    from ttfs.sw.conv import TTFSLayerNetwork
 
     config = {
         "arch": "vgg", "layers": "4,P", "mode": "relu", "batch_norm": "after", "epochs": 1, "batch_size": 200,

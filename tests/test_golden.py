@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import sim.golden as golden_module
-from sim.bundle import Bundle, BundleError, Layer, default_lut, load_bundle
-from sim.event_model import run_events
-from sim.golden import (
+import ttfs.sim.golden as golden_module
+from ttfs.contract.bundle import Bundle, BundleError, Layer, default_lut, load_bundle
+from ttfs.sim.event_model import run_events
+from ttfs.sim.golden import (
     GoldenError,
     activations_from_trace,
     encode,
@@ -21,7 +20,7 @@ from sim.golden import (
     run,
     trace_from_activations,
 )
-from sim.random_bundle import random_bundle, random_images
+from ttfs.sim.random_bundle import random_bundle, random_images
 
 
 def worked_example() -> Bundle:
@@ -163,7 +162,7 @@ def test_float_precision_follows_the_bound(inputs, time_steps, dtype):
     images[0, 0, 0, 0] = 0
     expected = (2**15 - 1) * (time_steps * (inputs - 1) + 1) + 2
     assert expected % 2 == 1 and (expected < 2**24) == (dtype is np.float32)
-    assert golden_module._compile(bundle)[0].weight_t.dtype == dtype
+    assert golden_module._compile(bundle)[0].weight.dtype == dtype
     assert run(bundle, images).logits.tolist() == [[expected]]
 
 

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import random
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-from amaranth import ClockDomain, Module
+from amaranth import Fragment, Module
+from amaranth.hdl import UnusedElaboratable
+from amaranth.lib import stream
 from amaranth.sim import Simulator
-
-from hw.bench_cycles import CoreRun, image_beats, simulate_core
-from hw.core import NetworkCore
-from hw.errors import HardwareError
-from hw.trace import TraceMerge, TraceTap
-from sim import golden
-from sim.bundle import load_bundle
-from sim.golden import trace_from_activations
-from sim.random_bundle import random_bundle, random_images
-from sw import cli
+from streams import StreamSink, StreamSource, hold_reset, run_for, run_testbench, run_until
+from ttfs.cli import main as cli
+from ttfs.contract.bundle import load_bundle
+from ttfs.contract.streams import EventBeat, TraceSplitter, pixel_beats
+from ttfs.hw.core import NetworkCore
+from ttfs.hw.errors import HardwareError
+from ttfs.hw.register_slice import RegisterSlice
+from ttfs.hw.trace import TraceMerge, TraceTap
+from ttfs.sim import golden
+from ttfs.sim.golden import trace_from_activations
+from ttfs.sim.random_bundle import random_bundle, random_conv_bundle, random_images
+from ttfs.sim.verify.cycles import CoreRun, simulate_core
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "bundles"
 EDGE_FIXTURES = sorted(path.name for path in FIXTURES.glob("edge-*"))
@@ -75,94 +82,46 @@ def test_core_edge_fixtures(name):
             assert run.traces[layer][index].tolist() == expected.tolist(), f"image {index}, layer {layer}"
 
 
-RESET_CYCLES = 3
-
-
-def split_trace(beats, time_steps):
-    """One layer's trace beats (tick, step, neuron) -> one (K, 2) array per closed window."""
-    windows, spikes, open_step = [], [], 0
-    for tick, step, neuron in beats:
-        assert step == open_step, f"a beat of step {step} while step {open_step} is open"
-        if not tick:
-            spikes.append((step, neuron))
-        elif step == time_steps - 1:
-            windows.append(np.array(spikes, dtype=np.int64).reshape(-1, 2))
-            spikes, open_step = [], 0
-        else:
-            open_step += 1
-    return windows
-
-
 def simulate_core_with_reset(core, before, images, rng, gap=0.2, stall=0.2, trace_stall=0.2):
     """Drive ``before`` (two images) until the trace shows half of the first image's layer-0
     window, hold ``rst`` for RESET_CYCLES, then drive ``images``; returns a CoreRun of
     what came out after the reset (the trace windows and results before it are discarded)
     and the layer-0 ticks seen when ``rst`` rose."""
     bundle = core.bundle
-    steps = bundle.time_steps
-    m = Module()
-    m.domains.sync = domain = ClockDomain()
-    m.submodules.core = core
-    layers = 1 + len(bundle.hidden_layers)
-    beats_before = image_beats(bundle, before, core.pixels_per_beat)
-    beats_after = image_beats(bundle, images, core.pixels_per_beat)
-    results, trace_beats = [], [[] for _ in range(layers)]
+    steps, layers = bundle.time_steps, len(bundle.spiking_widths)
+    stream_rng = random.Random(int(rng.integers(1 << 31)))
+    pixels = StreamSource(core.pixels, pixel_beats(before, core.pixels_per_beat), rng=stream_rng, gap=gap)
+    results = StreamSink(core.result, rng=stream_rng, ready_probability=1.0 - stall)
+    trace = StreamSink(core.trace, rng=stream_rng, ready_probability=1.0 - trace_stall)
+    parts = [pixels, results, trace]
     ticks_at_reset = []
-    limit = 200_000
+    splitter = TraceSplitter(steps, layers)
+    split = [0]                          # trace beats already given to the splitter
 
-    async def testbench(ctx):
-        cycle = 0
+    def encoder_ticks():
+        return sum(1 for beat in trace.beats if beat.layer == 0 and beat.tick)
 
-        async def one_cycle(beats, sent, offering):
-            """Offer the next pixel beat (kept until taken), take results and trace beats
-            under back-pressure; returns (sent, offering)."""
-            nonlocal cycle
-            assert cycle < limit, f"{len(results)} results after {cycle} cycles"
-            offer = sent < len(beats) and (offering or rng.random() >= gap)
-            if offer:
-                ctx.set(core.pixels.payload, beats[sent])
-            ctx.set(core.pixels.valid, offer)
-            result_ready = rng.random() >= stall
-            trace_ready = rng.random() >= trace_stall
-            ctx.set(core.result.ready, result_ready)
-            ctx.set(core.trace.ready, trace_ready)
-            if result_ready and ctx.get(core.result.valid):
-                beat = ctx.get(core.result.payload)
-                results.append((int(beat.cls), [int(v) for v in beat.logits], int(beat.cycles)))
-            if trace_ready and ctx.get(core.trace.valid):
-                beat = ctx.get(core.trace.payload)
-                trace_beats[int(beat.layer)].append((int(beat.tick), int(beat.step), int(beat.neuron)))
-            taken = offer and ctx.get(core.pixels.ready)
-            await ctx.tick()
-            cycle += 1
-            return sent + taken, offer and not taken
+    def finished():
+        """Every result and every trace window of ``images`` is out (the trace split as it comes)."""
+        for _, beat in trace.received[split[0]:]:
+            splitter.beat(int(beat.layer), int(beat.tick), int(beat.step), int(beat.neuron))
+        split[0] = len(trace.received)
+        return len(results.received) >= len(images) and splitter.complete(len(images))
 
-        sent, offering = 0, False
-        while sum(tick for tick, _, _ in trace_beats[0]) < steps // 2:
-            sent, offering = await one_cycle(beats_before, sent, offering)
-        ticks_at_reset.append(sum(tick for tick, _, _ in trace_beats[0]))
-        ctx.set(core.pixels.valid, 0)
-        ctx.set(domain.rst, 1)
-        for _ in range(RESET_CYCLES):
-            await ctx.tick()
-        ctx.set(domain.rst, 0)
-        results.clear()
-        for beats in trace_beats:
-            beats.clear()
-        sent, offering = 0, False
-        while len(results) < len(images) or \
-                any(len(split_trace(beats, steps)) < len(images) for beats in trace_beats):
-            sent, offering = await one_cycle(beats_after, sent, offering)
+    async def testbench(ctx, domain):
+        await run_until(ctx, parts, lambda: encoder_ticks() >= steps // 2, limit=200_000)
+        ticks_at_reset.append(encoder_ticks())
+        await hold_reset(ctx, domain, [pixels])
+        pixels.beats, results.received, trace.received = pixel_beats(images, core.pixels_per_beat), [], []
+        await run_until(ctx, parts, finished, limit=200_000)
 
-    sim = Simulator(m)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
+    run_testbench(core, testbench, reset_domain=True)
+    logits = [[int(v) for v in beat.logits] for beat in results.beats]
     run = CoreRun(
-        logits=np.array([logits for _, logits, _ in results], dtype=np.int64),
-        classes=np.array([cls for cls, _, _ in results], dtype=np.int64),
-        cycles=np.array([cycles for _, _, cycles in results], dtype=np.int64),
-        traces=[split_trace(beats, steps) for beats in trace_beats],
+        logits=np.array(logits, dtype=np.int64),
+        classes=np.array([int(beat.cls) for beat in results.beats], dtype=np.int64),
+        cycles=np.array([int(beat.cycles) for beat in results.beats], dtype=np.int64),
+        traces=[layer.windows for layer in splitter.layers],
         total_cycles=0,
     )
     return run, ticks_at_reset[0]
@@ -250,59 +209,33 @@ def test_stalled_trace_stalls_the_core():
     bundle = random_bundle(rng, sizes=(8, 4, 2), input_shape=(1, 2, 4), time_steps=4)
     images = random_images(rng, bundle, 2, zero_fraction=0.0)
     core = NetworkCore(bundle, 4, pixels_per_beat=8)
-    beats = [image.reshape(-1).tolist() for image in images]
-    results = []
-    trace_beats = []
+    pixels = StreamSource(core.pixels, pixel_beats(images, 8))
+    results = StreamSink(core.result)
+    trace = StreamSink(core.trace, ready_after=200)
 
-    async def testbench(ctx):
-        ctx.set(core.result.ready, 1)
-        sent = 0
-        for cycle in range(400):
-            trace_open = cycle >= 200
-            ctx.set(core.trace.ready, trace_open)
-            ctx.set(core.pixels.valid, sent < len(beats))
-            if sent < len(beats):
-                ctx.set(core.pixels.payload, beats[sent])
-                if ctx.get(core.pixels.ready):
-                    sent += 1
-            if ctx.get(core.result.valid):
-                results.append(cycle)
-            if trace_open and ctx.get(core.trace.valid):
-                trace_beats.append(ctx.get(core.trace.payload))
-            await ctx.tick()
+    async def testbench(ctx, _):
+        await run_for(ctx, [pixels, results, trace], 400)
 
-    sim = Simulator(core)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
-    assert results and min(results) > 200
+    run_testbench(core, testbench)
+    result_cycles = [cycle for cycle, _ in results.received]
+    assert result_cycles and min(result_cycles) > 200
     expected = golden.run(bundle, images)
     layers = [sum(len(trace) + bundle.time_steps for trace in
                   (expected.traces(i)[layer] for i in range(2))) for layer in range(2)]
-    assert [sum(1 for b in trace_beats if b.layer == layer) for layer in range(2)] == layers
+    assert [sum(1 for b in trace.beats if b.layer == layer) for layer in range(2)] == layers
 
 
 def test_trace_merge_is_fair():
     """Three always-valid taps share the trace round-robin: each gets every third beat."""
-    m = Module()
     merge = TraceMerge(4, 3, 8)
-    m.submodules.merge = merge
-    taken = []
+    taps = [StreamSource(merge.taps[tap], [EventBeat(0, 0, tap)] * 20) for tap in range(3)]
+    trace = StreamSink(merge.trace)
 
-    async def testbench(ctx):
-        for tap in range(3):
-            ctx.set(merge.taps[tap].valid, 1)
-            ctx.set(merge.taps[tap].payload.neuron, tap)
-        ctx.set(merge.trace.ready, 1)
-        for _ in range(31):
-            if ctx.get(merge.trace.valid):
-                taken.append(ctx.get(merge.trace.payload.layer))
-            await ctx.tick()
+    async def testbench(ctx, _):
+        await run_for(ctx, taps + [trace], 31)
 
-    sim = Simulator(m)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
+    run_testbench(merge, testbench)
+    taken = [beat.layer for beat in trace.beats]
     assert len(taken) == 30
     assert all(taken[i] != taken[i + 1] for i in range(29))
     assert [taken.count(layer) for layer in range(3)] == [10, 10, 10]
@@ -346,13 +279,26 @@ def test_core_rejects_bad_parameters(kwargs, message):
         NetworkCore(bundle, **kwargs)
 
 
+def test_a_refused_core_leaves_no_unused_warning():
+    """A bundle the core refuses after building some blocks (a conv2d layer after the
+    encoder) raises its one error and leaves no "created but never used" warning."""
+    # Amaranth warns about unused elaboratables only once anything has been elaborated.
+    Fragment.get(RegisterSlice(stream.Signature(1)), None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(HardwareError, match="kind 'conv2d' is not supported"):
+            NetworkCore(random_conv_bundle(1), 4)
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, UnusedElaboratable)] == []
+
+
 def test_cli_hw_verilog(tmp_path, bundle_dir, capsys):
     out = tmp_path / "verilog"
     assert cli.main(["hw", "verilog", str(bundle_dir), "--lanes", "3", "--pixels-per-beat", "4",
                      "--out", str(out)]) == 0
     names = sorted(path.name for path in out.iterdir())
-    assert names == sorted(["ttfs_core.v", "input.lut.hex", "ports.json", "fc1.weight.hex",
-                            "fc1.bias.hex", "out.weight.hex", "out.bias.hex"])
+    assert names == sorted(["ttfs_core.v", "input.lut.hex", "ports.json", "fc1.weight.p3.hex",
+                            "fc1.bias.p3.hex", "out.weight.p3.hex", "out.bias.p3.hex"])
     verilog = (out / "ttfs_core.v").read_text()
     assert "module ttfs_core(" in verilog
     ports = json.loads((out / "ports.json").read_text())
@@ -383,7 +329,7 @@ def test_cli_hw_verilog_bad_lanes_writes_nothing(tmp_path, bundle_dir, capsys):
 
 def test_core_mnist_small_20_images():
     """The trained 784-32-10 bundle on 20 MNIST sample images, spike for spike."""
-    from sw.datasets import load_dataset
+    from ttfs.contract.datasets import load_dataset
 
     bundle = load_bundle(MNIST_SMALL)
     images = load_dataset("mnist-sample", split="test").images[:20]
@@ -393,7 +339,7 @@ def test_core_mnist_small_20_images():
 
 
 def test_resource_summary_counts_cells():
-    from hw.bench_resources import summarise_cells
+    from ttfs.hw.resources import summarise_cells
 
     summary = summarise_cells({"LUT2": 3, "LUT6": 4, "RAM32M": 2, "FDRE": 7, "FDSE": 1,
                                "RAMB18E1": 2, "RAMB36E1": 1, "DSP48E1": 0, "CARRY4": 5})

@@ -1,16 +1,15 @@
-"""hw.cycle_model against cycles measured in amaranth.sim, and event-driven timing."""
+"""ttfs.hw.cycle_model against cycles measured in amaranth.sim, and event-driven timing."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from hw.bench_cycles import simulate_core
-from hw.core import NetworkCore
-from hw.cycle_model import predict_cycles
-from hw.errors import HardwareError
-from sim import golden
-from sim.random_bundle import random_bundle, random_images
+from ttfs.hw.core import NetworkCore
+from ttfs.hw.cycle_model import predict_cycles
+from ttfs.hw.errors import HardwareError
+from ttfs.sim import golden
+from ttfs.sim.random_bundle import random_bundle, random_images
+from ttfs.sim.verify.cycles import simulate_core
 
 # Bound of the model's error when layers need several lane groups (G > 1);
 # with G = 1 the model is exact.  Worst seen over 24 random configurations: 10.5 %.
@@ -93,7 +92,7 @@ def test_bench_cycles_cli(tmp_path, bundle_dir, capsys):
     """`ttfs bench cycles` reports measured latency, the model and spike rates as JSON."""
     import json
 
-    from sw import cli
+    from ttfs.cli import main as cli
 
     out = tmp_path / "cycles.json"
     assert cli.main(["bench", "cycles", str(bundle_dir), "--lanes", "6", "--pixels-per-beat", "4",

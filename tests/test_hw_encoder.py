@@ -3,81 +3,47 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import numpy as np
 import pytest
-from amaranth import ClockDomain, Module
-from amaranth.sim import Simulator
-
-from hw.encoder import InputEncoder, beats_per_image
-from hw.errors import HardwareError
-from sim import golden
-from sim.bundle import validate
-from sim.random_bundle import random_bundle, random_images
-
-
-def image_beats(bundle, images, pixels_per_beat):
-    """The pixel beats of ``images`` in contract order, the last beat of each image zero-padded."""
-    beats = []
-    padding = (-bundle.input_size) % pixels_per_beat
-    for image in images:
-        flat = [int(v) for v in image.reshape(-1)] + [0] * padding
-        beats += [flat[i:i + pixels_per_beat] for i in range(0, len(flat), pixels_per_beat)]
-    return beats
+from streams import (
+    StreamSink,
+    StreamSource,
+    event_beats,
+    hold_reset,
+    run_for,
+    run_testbench,
+    run_until,
+    simulate,
+)
+from ttfs.contract.bundle import validate
+from ttfs.contract.streams import pixel_beats, window_beats
+from ttfs.hw.encoder import InputEncoder, beats_per_image
+from ttfs.hw.errors import HardwareError
+from ttfs.sim import golden
+from ttfs.sim.random_bundle import random_bundle, random_images
 
 
 def expected_windows(bundle, images):
     """Golden layer-0 windows as (tick, step, neuron) beats, ticks included, all images."""
-    activations = golden.encode(bundle, images)
-    beats = []
-    for row in activations:
-        trace = golden.trace_from_activations(row, bundle.time_steps)
-        for step in range(bundle.time_steps):
-            beats += [(0, step, int(n)) for s, n in trace if s == step]
-            beats.append((1, step, 0))
-    return beats
+    return [beat for row in golden.encode(bundle, images)
+            for beat in window_beats(golden.trace_from_activations(row, bundle.time_steps), bundle.time_steps)]
 
 
 def run_encoder(bundle, images, pixels_per_beat, rng, gap=0.0, stall=0.0):
-    """Stream ``images`` through the encoder; returns (event beats, cycles, first-event cycles)."""
+    """Stream ``images`` through the encoder; returns (event beats, cycles until the last one).
+
+    Nothing more may come out after the last window.
+    """
     dut = InputEncoder(bundle, pixels_per_beat)
-    beats = image_beats(bundle, images, pixels_per_beat)
+    beats = pixel_beats(images, pixels_per_beat)
     expected_count = len(expected_windows(bundle, images))
-    received = []
-    cycle_count = [0]
-    limit = 50 * (len(beats) + expected_count) + 1000
-
-    async def testbench(ctx):
-        sent = 0
-        cycle = 0
-        while len(received) < expected_count:
-            offer = sent < len(beats) and rng.random() >= gap
-            if offer:
-                ctx.set(dut.pixels.payload, beats[sent])
-            ctx.set(dut.pixels.valid, offer)
-            ready = rng.random() >= stall
-            ctx.set(dut.events.ready, ready)
-            if offer and ctx.get(dut.pixels.ready):
-                sent += 1
-            if ready and ctx.get(dut.events.valid):
-                beat = ctx.get(dut.events.payload)
-                received.append((int(beat.tick), int(beat.step),
-                                 0 if beat.tick else int(beat.neuron)))
-            await ctx.tick()
-            cycle += 1
-            assert cycle < limit, "encoder stopped making progress"
-        cycle_count[0] = cycle
-        # Nothing more may come out after the last window.
-        ctx.set(dut.events.ready, 1)
-        for _ in range(4):
-            assert not ctx.get(dut.events.valid)
-            await ctx.tick()
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
-    return received, cycle_count[0]
+    seed = int(rng.integers(1 << 31))
+    run = simulate(dut, dut.pixels, dut.events, beats, expected_count, seed=seed,
+                   gap_probability=gap, ready_probability=1.0 - stall)
+    received = event_beats(payload for _, payload in run.received)
+    return received, run.received[-1][0] + 1
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -176,85 +142,41 @@ def test_encoder_silent_image_is_ticks_only():
     assert received == [(1, s, 0) for s in range(4)] * 2
 
 
-RESET_CYCLES = 3
-
-
 def run_encoder_with_reset(bundle, before, after, pixels_per_beat, rng, gap=0.2, stall=0.2):
     """Stream ``before`` (two images) until the first image's window is half out and the
     second image half in; hold ``rst`` for RESET_CYCLES; then stream ``after``.
 
     Returns the beats emitted after the reset (those before it are discarded;
-    up to 4 beats beyond the expected windows are caught too) and the beats of the second image the encoder had taken when ``rst`` rose.
+    up to 4 beats beyond the expected windows are caught too) and the beats
+    of the second image the encoder had taken when ``rst`` rose.
     """
     dut = InputEncoder(bundle, pixels_per_beat)
-    m = Module()
-    m.domains.sync = domain = ClockDomain()
-    m.submodules.dut = dut
     per_image = beats_per_image(bundle.input_size, pixels_per_beat)
     # The whole first image and half of the second (at least one beat of it).
-    beats_before = image_beats(bundle, before, pixels_per_beat)[:per_image + max(1, per_image // 2)]
-    beats_after = image_beats(bundle, after, pixels_per_beat)
+    beats_before = pixel_beats(before, pixels_per_beat)[:per_image + max(1, per_image // 2)]
     half_step = bundle.time_steps // 2
     expected_count = len(expected_windows(bundle, after))
-    received = []
+    stream_rng = random.Random(int(rng.integers(1 << 31)))
+    source = StreamSource(dut.pixels, beats_before, rng=stream_rng, gap=gap)
+    sink = StreamSink(dut.events, rng=stream_rng, ready_probability=0.0)
     second_image_beats = []
-    limit = 50 * (len(beats_before) + len(beats_after) + expected_count) + 1000
 
-    async def testbench(ctx):
-        cycle = 0
-
-        async def one_cycle(beats, sent, offering, events_ready):
-            """Offer the next beat (once offered it stays offered until taken), take an
-            event when ``events_ready``; returns (sent, offering, event or None)."""
-            nonlocal cycle
-            offer = sent < len(beats) and (offering or rng.random() >= gap)
-            if offer:
-                ctx.set(dut.pixels.payload, beats[sent])
-            ctx.set(dut.pixels.valid, offer)
-            ctx.set(dut.events.ready, events_ready)
-            event = None
-            if events_ready and ctx.get(dut.events.valid):
-                beat = ctx.get(dut.events.payload)
-                event = (int(beat.tick), int(beat.step), 0 if beat.tick else int(beat.neuron))
-            taken = offer and ctx.get(dut.pixels.ready)
-            await ctx.tick()
-            cycle += 1
-            assert cycle < limit, "encoder stopped making progress"
-            return sent + taken, offer and not taken, event
-
+    async def testbench(ctx, domain):
         # Before: the window waits until the second image is half in, then runs to its middle.
-        sent, offering, ticks = 0, False, 0
-        while ticks < half_step:
-            all_in = sent == len(beats_before)
-            sent, offering, event = await one_cycle(beats_before, sent, offering,
-                                                    all_in and rng.random() >= stall)
-            ticks += event is not None and event[0]
-        second_image_beats.append(sent - per_image)
-        ctx.set(dut.pixels.valid, 0)
-        ctx.set(domain.rst, 1)
-        for _ in range(RESET_CYCLES):
-            await ctx.tick()
-        ctx.set(domain.rst, 0)
-        # After: everything emitted must be the windows of `after`.
-        sent, offering = 0, False
-        while len(received) < expected_count:
-            sent, offering, event = await one_cycle(beats_after, sent, offering, rng.random() >= stall)
-            if event is not None:
-                received.append(event)
-        # Anything more is an extra beat; kept for the caller to report.
-        ctx.set(dut.events.ready, 1)
-        ctx.set(dut.pixels.valid, 0)
-        for _ in range(4):
-            if ctx.get(dut.events.valid):
-                beat = ctx.get(dut.events.payload)
-                received.append((int(beat.tick), int(beat.step), int(beat.neuron)))
-            await ctx.tick()
+        cycle = await run_until(ctx, [source, sink], lambda: source.done)
+        sink.ready_probability = 1.0 - stall
+        await run_until(ctx, [source, sink], lambda: sum(beat.tick for beat in sink.beats) >= half_step,
+                        start=cycle)
+        second_image_beats.append(source.sent - per_image)
+        await hold_reset(ctx, domain, [source])
+        # After: everything emitted must be the windows of `after`, and then nothing.
+        source.beats, sink.received = pixel_beats(after, pixels_per_beat), []
+        cycle = await run_until(ctx, [source, sink], lambda: len(sink.received) >= expected_count)
+        sink.ready_probability = 1.0
+        await run_for(ctx, [source, sink], 4, cycle)
 
-    sim = Simulator(m)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
-    return received, second_image_beats[0]
+    run_testbench(dut, testbench, reset_domain=True)
+    return event_beats(sink.beats), second_image_beats[0]
 
 
 @pytest.mark.parametrize("seed, pixels_per_beat", [(0, 1), (1, 3), (2, 8)])

@@ -1,179 +1,30 @@
 """LayerEngine (hw/layer.py) and the ROM packing (hw/rom.py) against the golden model.
 
 Every case builds a random bundle, runs a few random images through
-``sim.golden``, feeds the hidden layer's input windows (the encoder traces)
+``ttfs.sim.golden``, feeds the hidden layer's input windows (the encoder traces)
 to a LayerEngine in amaranth.sim with random gaps on the input and random
 back-pressure on the output, and requires the output windows to equal the
-golden traces of the layer, spike for spike.  The stream helpers here are
-also used by tests/test_hw_readout.py.
+golden traces of the layer, spike for spike (the stream drivers are
+tests/streams.py's).
 """
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import pytest
-from amaranth import ClockDomain, Module
-from amaranth.sim import Simulator
-
-import hw.layer
-from hw.errors import HardwareError
-from hw.layer import LayerEngine
-from hw.rom import LaneGeometry, bias_bits, pack_biases, pack_weights, write_rom_images
-from sim import golden
-from sim.random_bundle import random_bundle, random_images
-from sim.readmemh import read_readmemh
+import ttfs.hw.layer
+from streams import event_beats, simulate, simulate_with_reset
+from ttfs.contract.readmemh import read_readmemh
+from ttfs.contract.streams import split_windows, window_beats
+from ttfs.hw.errors import HardwareError
+from ttfs.hw.layer import LayerEngine
+from ttfs.hw.rom import LaneGeometry, pack_biases, pack_weights, write_rom_images
+from ttfs.sim import golden
+from ttfs.sim.random_bundle import random_bundle, random_images
 
 IMAGES = 4
-# Cycles a run may take before the test gives up (the largest case needs ~4k).
-MAX_CYCLES = 50_000
-# Cycles the consumer keeps watching after the last expected beat: any
-# further beat is an error.
-QUIET_CYCLES = 40
-
-
-def window_beats(trace: np.ndarray, time_steps: int) -> list[dict]:
-    """A layer trace (K, 2) as event-stream beats: each step's spikes, then its tick."""
-    beats = []
-    for step in range(time_steps):
-        for _, neuron in trace[trace[:, 0] == step]:
-            beats.append({"tick": 0, "step": step, "neuron": int(neuron)})
-        beats.append({"tick": 1, "step": step, "neuron": 0})
-    return beats
-
-
-@dataclass
-class StreamRun:
-    """What a simulation saw: input acceptance cycles and output beats with their cycles."""
-
-    accepted_at: list[int]
-    received: list[tuple[int, object]]
-
-
-def simulate(dut, sink, beats, expected_beats, *, seed=0, gap_probability=0.0,
-             ready_probability=1.0, ready_after=0) -> StreamRun:
-    """Drive ``dut.inp`` with ``beats`` and collect ``expected_beats`` beats from stream ``sink``.
-
-    The producer idles before each beat with ``gap_probability``; the
-    consumer is ready with ``ready_probability`` per cycle, and never before
-    cycle ``ready_after``.  After the expected beats the consumer stays ready
-    for QUIET_CYCLES and fails on any extra beat.
-    """
-    producer_rng = random.Random(seed)
-    consumer_rng = random.Random(seed + 1)
-    run = StreamRun([], [])
-
-    async def producer(ctx):
-        cycle = 0
-        for beat in beats:
-            while producer_rng.random() < gap_probability:
-                await ctx.tick()
-                cycle += 1
-            ctx.set(dut.inp.payload, beat)
-            ctx.set(dut.inp.valid, 1)
-            while True:
-                _, _, ready = await ctx.tick().sample(dut.inp.ready)
-                cycle += 1
-                if ready:
-                    break
-            run.accepted_at.append(cycle - 1)
-            ctx.set(dut.inp.valid, 0)
-
-    async def consumer(ctx):
-        cycle = 0
-        while len(run.received) < expected_beats:
-            assert cycle < MAX_CYCLES, f"only {len(run.received)} of {expected_beats} beats in {cycle} cycles"
-            ready = cycle >= ready_after and consumer_rng.random() < ready_probability
-            ctx.set(sink.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(sink.valid, sink.payload)
-            if valid and ready:
-                run.received.append((cycle, payload))
-            cycle += 1
-        ctx.set(sink.ready, 1)
-        for _ in range(QUIET_CYCLES):
-            _, _, valid = await ctx.tick().sample(sink.valid)
-            assert not valid, "the circuit sent more beats than expected"
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
-    sim.run()
-    return run
-
-
-RESET_CYCLES = 3
-
-
-@dataclass
-class ResetRun(StreamRun):
-    """A StreamRun after a reset (cycles count from the first cycle with ``rst`` low),
-    plus the first of those cycles in which ``inp.ready`` was high."""
-
-    first_ready: int | None = None
-
-
-def simulate_with_reset(dut, sink, before, reset_after, after, expected_beats, *, seed=0,
-                        gap_probability=0.2, ready_probability=0.6) -> ResetRun:
-    """Drive ``before`` into ``dut.inp`` until ``reset_after`` of its beats are taken, hold
-    ``rst`` for RESET_CYCLES, then drive ``after`` and collect ``expected_beats`` from ``sink``.
-
-    One testbench does both sides, so the reset cuts the producer and the
-    consumer at the same cycle; sink beats before the reset are discarded,
-    and beats in QUIET_CYCLES beyond ``expected_beats`` are collected too
-    (an extra beat then shows in the result).  Input gaps and output
-    back-pressure as in :func:`simulate`; a beat once offered stays offered.
-    """
-    m = Module()
-    m.domains.sync = domain = ClockDomain()
-    m.submodules.dut = dut
-    rng = random.Random(seed)
-    run = ResetRun([], [])
-
-    async def testbench(ctx):
-        cycle = 0
-
-        async def one_cycle(beats, sent, offering, collect, ready_probability):
-            nonlocal cycle
-            assert cycle < MAX_CYCLES, f"only {len(run.received)} of {expected_beats} beats in {cycle} cycles"
-            offer = sent < len(beats) and (offering or rng.random() >= gap_probability)
-            if offer:
-                ctx.set(dut.inp.payload, beats[sent])
-            ctx.set(dut.inp.valid, offer)
-            ready = rng.random() < ready_probability
-            ctx.set(sink.ready, ready)
-            if collect and ready and ctx.get(sink.valid):
-                run.received.append((cycle, ctx.get(sink.payload)))
-            if collect and run.first_ready is None and ctx.get(dut.inp.ready):
-                run.first_ready = cycle
-            taken = offer and ctx.get(dut.inp.ready)
-            if taken and collect:
-                run.accepted_at.append(cycle)
-            await ctx.tick()
-            cycle += 1
-            return sent + taken, offer and not taken
-
-        sent, offering = 0, False
-        while sent < reset_after:
-            sent, offering = await one_cycle(before, sent, offering, False, ready_probability)
-        ctx.set(dut.inp.valid, 0)
-        ctx.set(domain.rst, 1)
-        for _ in range(RESET_CYCLES):
-            await ctx.tick()
-        ctx.set(domain.rst, 0)
-        cycle, sent, offering = 0, 0, False
-        while len(run.received) < expected_beats:
-            sent, offering = await one_cycle(after, sent, offering, True, ready_probability)
-        for _ in range(QUIET_CYCLES):
-            sent, offering = await one_cycle(after, sent, offering, True, 1.0)
-
-    sim = Simulator(m)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
-    return run
 
 
 def golden_case(seed, inputs, outputs, time_steps, weight_bits, ramp_shift, images=IMAGES):
@@ -189,20 +40,9 @@ def golden_case(seed, inputs, outputs, time_steps, weight_bits, ramp_shift, imag
     return bundle, result
 
 
-def split_windows(received, time_steps) -> list[np.ndarray]:
-    """Output beats -> one (K, 2) trace per window, checking the ticks' steps."""
-    windows, spikes, tick_step = [], [], 0
-    for _, beat in received:
-        if beat.tick:
-            assert beat.step == tick_step, f"tick of step {beat.step}, expected {tick_step}"
-            tick_step += 1
-            if tick_step == time_steps:
-                windows.append(np.array(spikes, dtype=np.int64).reshape(-1, 2))
-                spikes, tick_step = [], 0
-        else:
-            spikes.append((beat.step, beat.neuron))
-    assert not spikes and tick_step == 0, "the last window is incomplete"
-    return windows
+def output_windows(run, time_steps) -> list[np.ndarray]:
+    """The windows of a run's output beats (each window complete, ticks in step order)."""
+    return split_windows(event_beats(payload for _, payload in run.received), time_steps)
 
 
 def run_layer(bundle, result, lanes, **stream_options):
@@ -213,8 +53,8 @@ def run_layer(bundle, result, lanes, **stream_options):
     beats = [beat for trace in inputs for beat in window_beats(trace, steps)]
     dut = LayerEngine(bundle.layers[0], steps, lanes)
     expected_beats = sum(len(trace) + steps for trace in expected)
-    run = simulate(dut, dut.out, beats, expected_beats, **stream_options)
-    return split_windows(run.received, steps), run, expected
+    run = simulate(dut, dut.inp, dut.out, beats, expected_beats, **stream_options)
+    return output_windows(run, steps), run, expected
 
 
 # (seed, inputs, outputs, T, weight_bits, ramp_shift, lanes); lanes None = P = N,
@@ -249,7 +89,7 @@ def test_layer_matches_golden(seed, inputs, outputs, steps, weight_bits, ramp_sh
 def test_layer_with_a_banked_weight_rom_matches_golden(monkeypatch, seed, lanes):
     """A weight ROM deeper than one bank (here 8 rows instead of 2048): the
     bank registers and the bank select in the write stage stay exact."""
-    monkeypatch.setattr(hw.layer, "WEIGHT_BANK_ROWS", 8)
+    monkeypatch.setattr(ttfs.hw.layer, "WEIGHT_BANK_ROWS", 8)
     bundle, result = golden_case(seed, 11, 9, 8, 4, 2)   # 11 inputs x 5 or 2 groups: 7 or 3 banks
     windows, _, expected = run_layer(bundle, result, lanes, seed=seed,
                                      gap_probability=0.3, ready_probability=0.6)
@@ -331,15 +171,15 @@ def test_layer_reset_in_the_middle_of_a_window(seed, lanes):
     cut = window_beats(inputs[busiest], steps)
     # Half of the busiest window's beats: several spikes in, the last tick not.
     half = len(cut) // 2
-    assert sum(1 for beat in cut[:half] if not beat["tick"]) >= 3
+    assert sum(1 for beat in cut[:half] if not beat.tick) >= 3
     after = [beat for trace in inputs for beat in window_beats(trace, steps)]
     assert len(inputs[0]) == 0                     # the first window after the reset is silent
     expected = [result.traces(image)[1] for image in range(IMAGES)]
     expected_beats = sum(len(trace) + steps for trace in expected)
     dut = LayerEngine(bundle.layers[0], steps, lanes)
-    run = simulate_with_reset(dut, dut.out, first + cut, len(first) + half, after, expected_beats,
+    run = simulate_with_reset(dut, dut.inp, dut.out, first + cut, len(first) + half, after, expected_beats,
                               seed=seed)
-    windows = split_windows(run.received, steps)
+    windows = output_windows(run, steps)
     assert [w.tolist() for w in windows] == [w.tolist() for w in expected]
     # The slope clearing pass: inp.ready low for exactly G cycles after rst falls.
     assert run.first_ready == LaneGeometry.of(11, lanes).groups
@@ -385,7 +225,7 @@ def test_rom_packing_round_trips(outputs, lanes):
         for g in range(geometry.groups):
             rows = slice(g * geometry.lanes, (g + 1) * geometry.lanes)
             assert weights[j * geometry.groups + g].tolist() == padded_weight[rows, j].tolist()
-    biases = unpack(pack_biases(layer, lanes), bias_bits(layer), geometry.lanes)
+    biases = unpack(pack_biases(layer, lanes), layer.bias_bits, geometry.lanes)
     assert biases.ravel().tolist() == padded_bias.tolist()
 
 
@@ -394,8 +234,8 @@ def test_rom_images_are_readmemh(tmp_path):
     bundle, _ = golden_case(52, 6, 3, 4, 13, 0, images=1)
     layer = bundle.layers[0]
     paths = write_rom_images(layer, 2, tmp_path)
-    assert paths["weight"].name == "fc1.weight.hex"
+    assert paths["weight"].name == "fc1.weight.p2.hex"
     weight_words = read_readmemh(paths["weight"], 2 * layer.weight_bits, signed=False)
     assert weight_words.tolist() == pack_weights(layer, 2)
-    bias_words = read_readmemh(paths["bias"], 2 * bias_bits(layer), signed=False)
+    bias_words = read_readmemh(paths["bias"], 2 * layer.bias_bits, signed=False)
     assert bias_words.tolist() == pack_biases(layer, 2)

@@ -7,14 +7,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from amaranth import Fragment, signed, unsigned
+from streams import simulate, simulate_with_reset
+from ttfs.contract.bundle import Bundle, validate
+from ttfs.contract.streams import window_beats
+from ttfs.hw.errors import HardwareError
+from ttfs.hw.readout import Readout, argmax_levels
+from ttfs.hw.rom import LaneGeometry
+from ttfs.sim import golden
+from ttfs.sim.random_bundle import random_bundle, random_images
 
-from hw.errors import HardwareError
-from hw.readout import Readout, argmax_levels
-from hw.rom import LaneGeometry
-from sim import golden
-from sim.bundle import Bundle, validate
-from sim.random_bundle import random_bundle, random_images
-from test_hw_layer import IMAGES, simulate, simulate_with_reset, window_beats  # the shared stream helpers
+IMAGES = 4
 
 
 def readout_case(seed, inputs, outputs, time_steps, weight_bits):
@@ -30,7 +32,7 @@ def run_readout(bundle, result, lanes, **stream_options):
     images = result.logits.shape[0]
     beats = [beat for image in range(images) for beat in window_beats(result.traces(image)[0], steps)]
     dut = Readout(bundle.readout, steps, lanes)
-    run = simulate(dut, dut.result, beats, images, **stream_options)
+    run = simulate(dut, dut.inp, dut.result, beats, images, **stream_options)
     outputs = bundle.readout.outputs
     got = [(beat.cls, [beat.logits[i] for i in range(outputs)]) for _, beat in run.received]
     return got, run
@@ -139,11 +141,11 @@ def test_readout_reset_in_the_middle_of_a_window(seed, lanes):
     first = window_beats(inputs[(busiest + 1) % IMAGES], steps)
     cut = window_beats(inputs[busiest], steps)
     half = len(cut) // 2
-    assert sum(1 for beat in cut[:half] if not beat["tick"]) >= 3
+    assert sum(1 for beat in cut[:half] if not beat.tick) >= 3
     assert len(inputs[0]) == 0
     after = [beat for trace in inputs for beat in window_beats(trace, steps)]
     dut = Readout(bundle.readout, steps, lanes)
-    run = simulate_with_reset(dut, dut.result, first + cut, len(first) + half, after, IMAGES,
+    run = simulate_with_reset(dut, dut.inp, dut.result, first + cut, len(first) + half, after, IMAGES,
                               seed=seed, ready_probability=0.3)
     outputs = bundle.readout.outputs
     got = [(beat.cls, [beat.logits[i] for i in range(outputs)]) for _, beat in run.received]

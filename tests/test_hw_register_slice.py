@@ -2,44 +2,28 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 from amaranth.lib import stream
-from amaranth.sim import Simulator
-
-from hw.register_slice import RegisterSlice
+from streams import StreamSink, StreamSource, run_testbench, run_until
+from ttfs.hw.register_slice import RegisterSlice
 
 
 def run_slice(values, valid_rate, ready_rate, seed):
     """Push ``values`` through a slice with random gaps and stalls; returns (received, accepted_at, received_at)."""
-    rng = np.random.default_rng(seed)
+    rng = random.Random(seed)
     dut = RegisterSlice(stream.Signature(16))
-    received, accepted_at, received_at = [], [], []
+    source = StreamSource(dut.inp, values, rng=rng, gap=1.0 - valid_rate)
+    sink = StreamSink(dut.out, rng=rng, ready_probability=ready_rate)
 
-    async def testbench(ctx):
-        sent, cycle = 0, 0
-        while len(received) < len(values):
-            offer = sent < len(values) and rng.random() < valid_rate
-            ctx.set(dut.inp.valid, offer)
-            if offer:
-                ctx.set(dut.inp.payload, values[sent])
-            ready = rng.random() < ready_rate
-            ctx.set(dut.out.ready, ready)
-            if offer and ctx.get(dut.inp.ready):
-                accepted_at.append(cycle)
-                sent += 1
-            if ready and ctx.get(dut.out.valid):
-                received.append(ctx.get(dut.out.payload))
-                received_at.append(cycle)
-            await ctx.tick()
-            cycle += 1
-            assert cycle < 50 * len(values) + 100, "the slice stopped moving"
+    async def testbench(ctx, _):
+        await run_until(ctx, [source, sink], lambda: len(sink.received) == len(values),
+                        limit=50 * len(values) + 100)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(testbench)
-    sim.run()
-    return received, accepted_at, received_at
+    run_testbench(dut, testbench)
+    return sink.beats, source.accepted_at, [cycle for cycle, _ in sink.received]
 
 
 @pytest.mark.parametrize("valid_rate, ready_rate", [(1.0, 1.0), (1.0, 0.3), (0.4, 1.0), (0.6, 0.5)])

@@ -1,4 +1,4 @@
-"""The framed link protocol: host side (sw.host_link) and gateware (hw.protocol) against each other."""
+"""The framed link protocol: host side (ttfs.contract.wire) and gateware (ttfs.hw.board.protocol) against each other."""
 
 from __future__ import annotations
 
@@ -9,18 +9,34 @@ import random
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
-
-from hw.errors import HardwareError
-from hw.protocol import FrameAnswerer, FrameParser
-from sw import host_link
-from sw.host_link import (
-    CLASSIFY, ERR_BAD_CRC, ERR_BAD_LENGTH, ERR_BAD_TYPE, ERR_BUSY, ERR_TIMEOUT, ERROR, START, STATUS,
-    BoardClient, BoardRejected, Frame, FrameDecoder, LinkError, LinkInfo, LinkTimeout, Transport,
-    crc16, encode_frame,
+from streams import StreamSink, StreamSource, run_testbench, run_until
+from ttfs.contract import wire
+from ttfs.contract.wire import (
+    CLASSIFY,
+    ERR_BAD_CRC,
+    ERR_BAD_LENGTH,
+    ERR_BAD_TYPE,
+    ERR_BUSY,
+    ERR_TIMEOUT,
+    ERROR,
+    START,
+    STATUS,
+    BoardRejected,
+    Frame,
+    FrameDecoder,
+    LinkError,
+    LinkInfo,
+    LinkTimeout,
+    crc16,
+    encode_frame,
 )
+from ttfs.hw.board import host
+from ttfs.hw.board.host import BoardClient, Transport
+from ttfs.hw.board.protocol import FrameAnswerer, FrameParser
+from ttfs.hw.errors import HardwareError
 
 IMAGE_BYTES = 12
-LENGTHS = {CLASSIFY: IMAGE_BYTES, STATUS: 0, host_link.VERSION: 0, host_link.SELFTEST: 0}
+LENGTHS = {CLASSIFY: IMAGE_BYTES, STATUS: 0, wire.VERSION: 0, wire.SELFTEST: 0}
 TIMEOUT_CYCLES = 40
 
 
@@ -76,21 +92,21 @@ def test_answer_parsers():
     info = LinkInfo(input_size=4, classes=3, logit_bytes=2)
     payload = bytes([2]) + (1234).to_bytes(4, "little") + b"".join(
         v.to_bytes(2, "little", signed=True) for v in (-5, 300, -32768))
-    answer = host_link.parse_classify(payload, info)
-    assert answer == host_link.ClassifyAnswer(2, (-5, 300, -32768), 1234)
+    answer = wire.parse_classify(payload, info)
+    assert answer == wire.ClassifyAnswer(2, (-5, 300, -32768), 1234)
     with pytest.raises(LinkError, match="expected"):
-        host_link.parse_classify(payload[:-1], info)
+        wire.parse_classify(payload[:-1], info)
     with pytest.raises(LinkError, match="class 3"):
-        host_link.parse_classify(bytes([3]) + payload[1:], info)
-    status = host_link.parse_status(bytes(range(16)) + bytes([4, 1]))
+        wire.parse_classify(bytes([3]) + payload[1:], info)
+    status = wire.parse_status(bytes(range(16)) + bytes([4, 1]))
     assert status["frames_ok"] == 0x0100 and status["lost_requests"] == 0x0F0E
     assert status["last_class"] == 4 and status["selftest"] == "passed"
-    selftest = host_link.parse_selftest(bytes([3, 3, 1, 2, 0]))
+    selftest = wire.parse_selftest(bytes([3, 3, 1, 2, 0]))
     assert selftest.ok and selftest.classes == (1, 2, 0)
-    assert not host_link.parse_selftest(bytes([2, 1, 1, 1])).ok
+    assert not wire.parse_selftest(bytes([2, 1, 1, 1])).ok
     with pytest.raises(LinkError, match="image count"):
-        host_link.parse_selftest(bytes([3, 3, 1]))
-    assert "checksum" in host_link.describe_error(bytes([ERR_BAD_CRC, CLASSIFY]))
+        wire.parse_selftest(bytes([3, 3, 1]))
+    assert "checksum" in wire.describe_error(bytes([ERR_BAD_CRC, CLASSIFY]))
 
 
 class ScriptedTransport(Transport):
@@ -127,7 +143,7 @@ def test_client_matches_answers_by_seq_and_keeps_strays():
 
     client = BoardClient(ScriptedTransport(answer), info, timeout=1.0)
     result = asyncio.run(client.classify(bytes([1, 2])))
-    assert result == host_link.ClassifyAnswer(1, (5, 7), 9)
+    assert result == wire.ClassifyAnswer(1, (5, 7), 9)
     assert len(client.stray) == 2 and len(client.errors) == 1
     with pytest.raises(LinkError, match="takes 2"):
         asyncio.run(client.classify(bytes(3)))
@@ -147,7 +163,7 @@ def test_client_raises_on_error_answer_and_on_silence():
 
 def test_serial_transport_reports_a_missing_port():
     with pytest.raises(LinkError, match="/dev/does-not-exist"):
-        host_link.SerialTransport("/dev/does-not-exist", 115200)
+        host.SerialTransport("/dev/does-not-exist", 115200)
 
 
 # ---------------------------------------------------------------- gateware
@@ -275,33 +291,18 @@ def test_answerer_frames_decode_on_the_host():
     answers = [Frame(rng.randrange(256), rng.randrange(256), bytes(rng.randrange(256) for _ in range(n)))
                for n in [0, 1, max_payload] + [rng.randrange(max_payload + 1) for _ in range(6)]]
     answerer = FrameAnswerer(max_payload)
-    received = bytearray()
+    source = StreamSource(answerer.answer, [{
+        "seq": frame.seq, "type": frame.kind, "length": len(frame.payload),
+        "payload": list(frame.payload) + [rng.randrange(256)] * (max_payload - len(frame.payload)),
+    } for frame in answers], rng=rng, gap=0.5)
+    sink = StreamSink(answerer.bytes_out, rng=rng, ready_probability=0.6)
+    total = sum(len(encode_frame(f.seq, f.kind, f.payload)) for f in answers)
 
-    async def send(ctx):
-        for frame in answers:
-            ctx.set(answerer.answer.payload, {
-                "seq": frame.seq, "type": frame.kind, "length": len(frame.payload),
-                "payload": list(frame.payload) + [rng.randrange(256)] * (max_payload - len(frame.payload)),
-            })
-            ctx.set(answerer.answer.valid, 1)
-            await ctx.tick().until(answerer.answer.ready)
-            ctx.set(answerer.answer.valid, 0)
-            await ctx.tick().repeat(rng.randrange(1, 3))
+    async def testbench(ctx, _):
+        await run_until(ctx, [source, sink], lambda: len(sink.received) == total)
 
-    async def take(ctx):
-        total = sum(len(encode_frame(f.seq, f.kind, f.payload)) for f in answers)
-        while len(received) < total:
-            ready = rng.random() < 0.6
-            ctx.set(answerer.bytes_out.ready, ready)
-            if ready and ctx.get(answerer.bytes_out.valid):
-                received.append(ctx.get(answerer.bytes_out.payload))
-            await ctx.tick()
-
-    sim = Simulator(answerer)
-    sim.add_clock(1e-6)
-    sim.add_testbench(send)
-    sim.add_testbench(take)
-    sim.run()
+    run_testbench(answerer, testbench)
+    received = bytearray(sink.beats)
     expected = b"".join(encode_frame(f.seq, f.kind, f.payload) for f in answers)
     assert bytes(received) == expected
     assert FrameDecoder().feed(bytes(received)) == answers
@@ -311,7 +312,7 @@ def test_cli_reports_a_silent_board(tmp_path, capsys):
     """A port that exists but never answers: one clear error line and exit status 2."""
     import os
 
-    from sw import cli
+    from ttfs.cli import main as cli
 
     controller, device = os.openpty()
     try:
@@ -329,20 +330,20 @@ class GoldenBoard(ScriptedTransport):
     """A fake serial board answering VERSION and CLASSIFY from the golden model."""
 
     def __init__(self, bundle, wrong_image=None):
-        from sim.golden import run as golden_run
+        from ttfs.sim.golden import run as golden_run
 
-        self.bundle, self.info = bundle, host_link.link_info(bundle)
+        self.bundle, self.info = bundle, wire.link_info(bundle)
         self.golden_run, self.wrong_image, self.seen = golden_run, wrong_image, 0
         super().__init__(self.answer_frame)
 
     def answer_frame(self, frame):
-        if frame.kind == host_link.VERSION:
+        if frame.kind == wire.VERSION:
             fields = {"protocol": 1, "input_size": self.info.input_size, "classes": self.info.classes,
                       "logit_bytes": self.info.logit_bytes, "time_steps": self.bundle.time_steps,
                       "lanes": 1, "layers": len(self.bundle.layers), "selftest_images": 1,
-                      "bundle_id": host_link.bundle_id(self.bundle), "clock_hz": 1, "baud": 1}
+                      "bundle_id": wire.bundle_id(self.bundle), "clock_hz": 1, "baud": 1}
             payload = b"".join(int(fields[name]).to_bytes(size, "little")
-                               for name, size in host_link.VERSION_FIELDS)
+                               for name, size in wire.VERSION_FIELDS)
             return encode_frame(frame.seq, frame.kind | 0x80, payload)
         image = np.frombuffer(frame.payload, dtype=np.uint8).reshape(1, *self.bundle.input_shape)
         result = self.golden_run(self.bundle, image)
@@ -361,11 +362,12 @@ class GoldenBoard(ScriptedTransport):
 @pytest.mark.parametrize("wrong_image, expected_status", [(None, 0), (2, 1)])
 def test_cli_board_run_checks_answers_against_the_golden_model(monkeypatch, tmp_path, capsys,
                                                                wrong_image, expected_status):
-    from sim.bundle import load_bundle
-    from sw import cli
+    from ttfs.cli import board as board_cli
+    from ttfs.cli import main as cli
+    from ttfs.contract.bundle import load_bundle
 
     bundle_path = "fixtures/bundles/edge-deep"
-    monkeypatch.setattr(host_link, "SerialTransport",
+    monkeypatch.setattr(board_cli, "SerialTransport",
                         lambda port, baud: GoldenBoard(load_bundle(bundle_path), wrong_image))
     report = tmp_path / "run.json"
     status = cli.main(["board", "run", "--port", "fake", "--bundle", bundle_path, "--images", "5",

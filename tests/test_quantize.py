@@ -1,4 +1,4 @@
-"""Quantisation (sw.quantize): scale rules, integer conversion, the integer torch forward, QAT."""
+"""Quantisation (ttfs.sw.quantize): scale rules, integer conversion, the integer torch forward, QAT."""
 
 from __future__ import annotations
 
@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-
-from sim import golden
-from sim.errors import TTFSError
-from sim.random_bundle import random_bundle, random_images
-from sw import models
-from sw.datasets import load_dataset
-from sw.export import build_bundle
-from sw.quantize import (
+from ttfs.contract.datasets import load_dataset
+from ttfs.contract.errors import TTFSError
+from ttfs.sim import golden
+from ttfs.sim.random_bundle import random_bundle, random_images
+from ttfs.sw import models
+from ttfs.sw.export import build_bundle
+from ttfs.sw.quantize import (
     IntegerNetwork,
     QuantizeError,
     calibrate,
@@ -23,7 +22,7 @@ from sw.quantize import (
     finetune,
     round_half_up,
 )
-from sw.ttfs import Alpha1Dense
+from ttfs.sw.ttfs import Alpha1Dense
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from sim.readmemh import ReadmemhError, format_words, parse_words, read_readmemh, write_readmemh
+from ttfs.contract.readmemh import (
+    ReadmemhError,
+    format_words,
+    parse_words,
+    read_readmemh,
+    write_readmemh,
+)
 
 
 @st.composite

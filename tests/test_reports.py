@@ -3,9 +3,8 @@
 import json
 
 import pytest
-
-from sim.reports import ReportError, write_json
-from sw.cli import main
+from ttfs.cli.main import main
+from ttfs.contract.reports import ReportError, write_json
 
 
 def test_write_json_creates_folders_and_reads_back(tmp_path):

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from sim.errors import TTFSError
-from sim.golden import run as golden_run
-from sim.random_bundle import random_bundle, random_images
-from sim.scoreboard import (
+from ttfs.contract.errors import TTFSError
+from ttfs.sim.golden import run as golden_run
+from ttfs.sim.random_bundle import random_bundle, random_images
+from ttfs.sim.verify.scoreboard import (
     HardwareResult,
     Scoreboard,
     ScoreboardError,
     first_trace_divergence,
+    golden_arrays,
+    golden_from_arrays,
+    golden_images,
     mismatched_neurons,
 )
 
@@ -150,3 +152,20 @@ def test_mismatched_neurons_counts_each_wrong_neuron_once():
     assert mismatched_neurons(activations, np.array([[1, 1], [1, 1], [3, 2]]), 4) == 1  # repeated
     assert mismatched_neurons(activations, np.array([[0, 0], [1, 1], [3, 2], [0, 9]]), 4) == 2  # extra, outside
     assert mismatched_neurons(activations, np.zeros((0, 2)), 4) == 2
+
+
+def test_golden_run_travels_through_an_npz_and_is_cut_per_image(case, tmp_path):
+    """What the host hands the cocotb testbench: the same golden run after the round trip,
+    and a part of it for one image (the rerun with waves)."""
+    _, _, golden = case
+    np.savez(tmp_path / "job.npz", images=np.zeros(1), **golden_arrays(golden))
+    with np.load(tmp_path / "job.npz", allow_pickle=False) as archive:
+        loaded = golden_from_arrays(archive)
+    assert loaded.time_steps == golden.time_steps and loaded.neurons == golden.neurons
+    assert loaded.pre_pool_activations is None
+    for got, want in zip(loaded.activations + loaded.fired + [loaded.logits, loaded.classes],
+                         golden.activations + golden.fired + [golden.logits, golden.classes]):
+        assert got.tolist() == want.tolist()
+    alone = golden_images(golden, slice(3, 4))
+    assert alone.classes.tolist() == [golden.classes[3]] and alone.neurons == golden.neurons
+    assert [t.tolist() for t in alone.traces(0)] == [t.tolist() for t in golden.traces(3)]

@@ -1,4 +1,4 @@
-"""Training loop, configuration, activity metrics and run directories (sw.training, sw.models)."""
+"""Training loop, configuration, activity metrics and run directories (ttfs.sw.training, ttfs.sw.models)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ import json
 
 import pytest
 import torch
-
-from sim.errors import TTFSError
-from sw import bench_epoch, models, training
-
+from ttfs.contract.errors import TTFSError
+from ttfs.sw import bench_epoch, models, training
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -230,3 +228,44 @@ def test_failed_write_leaves_no_half_written_run(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         training.train_run(tiny_config(tmp_path), progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_from_an_init_run_takes_its_data_and_architecture(tmp_path):
+    training.train_run(tiny_config(tmp_path, widths=[7, 5], mode="relu", out=str(tmp_path / "relu")), progress=False)
+    config = training.resolve_config({"mode": "snn-from-relu", "init": str(tmp_path / "relu")})
+    assert config["widths"] == [7, 5] and config["arch"] == "fc" and config["dataset"] == "mnist-sample"
+    given = training.resolve_config({"mode": "snn-from-relu", "init": str(tmp_path / "relu"), "widths": [3]})
+    assert given["widths"] == [3]  # given settings win (and train_run refuses the mismatch)
+    config_file = json.loads((tmp_path / "relu" / "config.json").read_text())
+    config_file.update(dataset="folder:pictures", image_size=[28, 28], channels=1)
+    (tmp_path / "relu" / "config.json").write_text(json.dumps(config_file))
+    # A run naming its own data set takes none of the init run's data settings (a folder's size among them).
+    other = training.resolve_config({"mode": "finetune", "init": str(tmp_path / "relu"), "noise": 0.1, "dataset": "mnist-sample"})
+    assert other["dataset"] == "mnist-sample" and other["image_size"] is None and other["widths"] == [7, 5]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"dataset": "folder:x", "image_size": [8]}, r"image_size: \[8\] is not \[height, width\]"),
+        ({"dataset": "folder:x", "image_size": [0, 8]}, "image_size"),
+        ({"dataset": "folder:x", "channels": 2}, "channels: 2 is not 1 or 3"),
+        ({"dataset": "npz:x.npz", "channels": 1}, "image_size and channels resize a folder"),
+        ({"device": "tpu"}, "device: 'tpu' is not one of auto, cpu, cuda"),
+        ({"dataset": "npz:"}, "dataset: data set 'npz:'"),
+    ],
+)
+def test_data_and_device_settings_are_checked(settings, message):
+    with pytest.raises(training.TrainingError, match=message):
+        training.resolve_config(settings)
+
+
+def test_load_split_reads_the_run_data_and_checks_its_shape(tmp_path):
+    import numpy as np
+
+    config = {"dataset": "mnist-sample", "input_shape": [1, 28, 28]}
+    assert training.load_split(config, "test").images.shape == (1000, 1, 28, 28)
+    path = tmp_path / "small.npz"
+    np.savez(path, images=np.zeros((10, 1, 5, 5), np.uint8), labels=np.arange(10) % 2)
+    with pytest.raises(training.TrainingError, match=r"images have shape \[1, 5, 5\], the run expects \[1, 28, 28\]"):
+        training.load_split(config, "train", dataset=f"npz:{path}")

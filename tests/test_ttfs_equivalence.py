@@ -10,9 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from sw import models, training
-from sw.ttfs import Alpha1Dense, TTFSDense
+from ttfs.sw import models, training
+from ttfs.sw.ttfs import Alpha1Dense, TTFSDense
 
 DTYPE = torch.float64
 
@@ -64,7 +63,7 @@ def test_spike_times_map_back_to_relu_activations(depth):
 
 
 def event_driven_spike_times(weight, bias, t_in, t_min, t_max) -> np.ndarray:
-    """The neuron's dynamics simulated event by event (numpy, independent of sw.ttfs).
+    """The neuron's dynamics simulated event by event (numpy, independent of ttfs.sw.ttfs).
 
     Before t_min: each input spike adds its weight to the slope; the potential
     is integrated piecewise between events.  From t_min on the slope is 1 (B1);

@@ -1,4 +1,4 @@
-"""UART transmitter and receiver (hw.uart) in amaranth.sim: exact bit timing, glitches, errors."""
+"""UART transmitter and receiver (ttfs.hw.board.uart) in amaranth.sim: exact bit timing, glitches, errors."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import random
 import pytest
 from amaranth import Module
 from amaranth.sim import Simulator
-
-from hw.errors import HardwareError
-from hw.uart import UARTRx, UARTTx, uart_divisor
+from streams import StreamSink, StreamSource, run_testbench, run_until
+from ttfs.hw.board.uart import UARTRx, UARTTx, uart_divisor
+from ttfs.hw.errors import HardwareError
 
 
 def frame_bits(byte: int) -> list[int]:
@@ -207,26 +207,25 @@ def test_loopback_under_back_pressure(divisor):
     m.submodules.tx = tx = UARTTx(divisor)
     m.submodules.rx = rx = UARTRx(divisor)
     m.d.comb += rx.rx.eq(tx.tx)
-    received, errors = [], []
+    source = StreamSource(tx.data, payload)
+    # A byte takes 10 * divisor cycles, so stalls of a few cycles never overrun.
+    sink = StreamSink(rx.data, rng=rng, ready_probability=0.5)
+    errors = []
 
-    async def send(ctx):
-        for byte in payload:
-            ctx.set(tx.data.payload, byte)
-            ctx.set(tx.data.valid, 1)
-            await ctx.tick().until(tx.data.ready)
-        ctx.set(tx.data.valid, 0)
+    class ErrorWatch:
+        """Notes every cycle with a framing error or an overrun."""
 
-    async def take(ctx):
-        # A byte takes 10 * divisor cycles, so stalls of a few cycles never overrun.
-        while len(received) < len(payload):
-            ready = rng.random() < 0.5
-            ctx.set(rx.data.ready, ready)
-            if ready and ctx.get(rx.data.valid):
-                received.append(ctx.get(rx.data.payload))  # moves at the coming edge
+        def drive(self, ctx, cycle):
+            pass
+
+        def sample(self, ctx, cycle):
             if ctx.get(rx.frame_error) or ctx.get(rx.overrun):
-                errors.append(True)
-            await ctx.tick()
+                errors.append(cycle)
 
-    run(m, send, take)
+    async def testbench(ctx, _):
+        await run_until(ctx, [source, sink, ErrorWatch()], lambda: len(sink.received) == len(payload))
+
+    run_testbench(m, testbench)
+    received = sink.beats
     assert received == payload
     assert not errors

@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-
-from sim.bundle import Bundle, npz_bytes, save_bundle
-from sim.event_model import run_events
-from sim.golden import GoldenResult, run
-from sim.random_bundle import random_bundle, random_images, random_lut
+from ttfs.contract.bundle import Bundle, npz_bytes, save_bundle
+from ttfs.sim.event_model import run_events
+from ttfs.sim.golden import GoldenResult, run
+from ttfs.sim.random_bundle import random_bundle, random_images, random_lut
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "fixtures" / "bundles"

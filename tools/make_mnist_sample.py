@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
-from sim.bundle import npz_bytes  # noqa: E402  (the repository's one reproducible npz writer)
+from ttfs.contract.bundle import (
+    npz_bytes,  # the repository's one reproducible npz writer
+)
 
 DEFAULT_OUTPUT = REPO_ROOT / "fixtures" / "data" / "mnist-sample.npz"
 
