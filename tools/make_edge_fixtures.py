@@ -19,7 +19,6 @@ Every fixture is checked to really show its edge before it is written.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from ttfs.cli.tool_parsers import make_edge_fixtures_parser
 from ttfs.contract.bundle import Bundle, npz_bytes, save_bundle
 from ttfs.sim.event_model import run_events
 from ttfs.sim.golden import GoldenResult, run
@@ -230,9 +230,7 @@ def write_fixtures(out_dir: Path, seed: int = 2026) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    parser.add_argument("--seed", type=int, default=2026, help="seed of every fixture (default 2026)")
+    parser = make_edge_fixtures_parser(__doc__, DEFAULT_OUT)
     args = parser.parse_args(argv)
     for path in write_fixtures(args.out, args.seed):
         size = sum(p.stat().st_size for p in path.iterdir())

@@ -17,10 +17,11 @@ export).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
+
+from ttfs.cli.tool_parsers import make_fixtures_parser
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,11 +73,8 @@ def make_fixture(name: str, runs_dir: Path, out_dir: Path, progress: bool) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=sorted(FIXTURES), action="append", help="make only this fixture (repeatable)")
-    parser.add_argument("--runs-dir", type=Path, default=REPO_ROOT / "build" / "fixture-runs", help="where the trained runs go")
-    parser.add_argument("--out-dir", type=Path, default=REPO_ROOT / "fixtures" / "bundles", help="where the bundles go")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser = make_fixtures_parser(__doc__, sorted(FIXTURES), REPO_ROOT / "build" / "fixture-runs",
+                                  REPO_ROOT / "fixtures" / "bundles")
     args = parser.parse_args(argv)
     for name in args.only or list(FIXTURES):
         make_fixture(name, args.runs_dir, args.out_dir, progress=not args.quiet)

