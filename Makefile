@@ -54,7 +54,7 @@ bench: $(STAMP) ## print the performance figures (golden-model throughput, SNN/R
 	$(BIN)/ttfs bench golden
 	$(BIN)/ttfs bench epoch
 
-fixtures: $(STAMP) ## retrain and re-export the trained bundle fixtures (byte-identical, about 2 minutes)
+fixtures: $(STAMP) ## retrain and re-export the trained bundle fixtures (byte-identical on one torch build; 5 to 8 minutes on 2 cores)
 	$(BIN)/python tools/make_fixtures.py --quiet
 
 clean: ## remove build output (keeps the venv)

@@ -15,7 +15,7 @@ def run_export(args: argparse.Namespace) -> int:
         args.run, args.weight_bits, args.time_steps,
         calibrate=args.calibrate, qat_epochs=args.qat_epochs, seed=args.seed,
         clip_percentile=args.clip_percentile, qat_lr=args.qat_lr, qat_batch_size=args.qat_batch_size,
-        vectors=args.vectors, progress=not args.quiet,
+        vectors=args.vectors, device=args.device, progress=not args.quiet,
     )  # fmt: skip
     path = export.write_export(result, args.out)
     print(f"bundle {path}")

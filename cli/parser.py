@@ -342,6 +342,8 @@ def _add_export(subparsers) -> None:
     export.add_argument("--qat-batch-size", type=int, default=32, help="fine-tuning batch size (default 32)")
     export.add_argument("--seed", type=int, default=0, metavar="S", help="picks the calibration images and the fine-tuning batch order (default 0)")
     export.add_argument("--vectors", type=int, default=64, metavar="N", help="test images stored in vectors.npz (default 64)")
+    export.add_argument("--device", choices=DEVICES, default="auto",
+                        help="where the quantisation-aware fine-tuning runs: " + DEVICE_HELP)
     export.add_argument("--out", required=True, metavar="BUNDLE", help="bundle directory to write (replaced atomically)")
     export.add_argument("--quiet", action="store_true", help="no progress bar")
 

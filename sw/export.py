@@ -278,10 +278,16 @@ def export_run(
     qat_lr: float = DEFAULT_QAT_LR,
     qat_batch_size: int = DEFAULT_QAT_BATCH,
     vectors: int = DEFAULT_VECTORS,
+    device: str = "auto",
     progress: bool = False,
 ) -> ExportResult:
-    """Quantise the run in ``run_dir`` and check it; nothing is written (see :func:`write_export`)."""
+    """Quantise the run in ``run_dir`` and check it; nothing is written (see :func:`write_export`).
+
+    ``device`` (auto, cpu or cuda) is where the quantisation-aware fine-tuning
+    runs; calibration, the checks and the bundle are computed on the CPU.
+    """
     from ttfs.sw import quantize
+    from ttfs.sw.distributed import resolve_device
 
     bits = quantize.check_weight_bits(weight_bits)
     steps = quantize.check_time_steps(time_steps)
@@ -290,6 +296,7 @@ def export_run(
         raise ExportError(f"seed: {seed!r} is not an integer >= 0")
     if isinstance(vectors, bool) or not isinstance(vectors, int) or vectors < 1:
         raise ExportError(f"vectors: {vectors!r} is not a positive number of images")
+    torch_device = resolve_device(device)
     run = load_run_data(run_dir)
     model, config, train_set, test_set = run.model, run.config, run.train_set, run.test_set
 
@@ -308,7 +315,8 @@ def export_run(
             bar.set_postfix(loss=f"{loss:.4f}", train=f"{100 * accuracy:.2f}%")
 
         history = quantize.finetune(network, train_set.images, train_set.labels, qat_epochs, lr=qat_lr,
-                                    batch_size=qat_batch_size, seed=seed, on_epoch=on_epoch)  # fmt: skip
+                                    batch_size=qat_batch_size, seed=seed, on_epoch=on_epoch,
+                                    device=torch_device)  # fmt: skip
         bar.close()
 
     meta = {

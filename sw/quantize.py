@@ -462,7 +462,7 @@ class IntegerNetwork(nn.Module):
         scales = self.plan.layers[index]
         bias, border = self.biases[index], self.border_biases[index]
         if border is not None:
-            bias = bias[:, None, None] + border
+            bias = bias[:, None, None] + border.to(bias.device)
         continuous = (bias / scales.bias_scale).clamp(-MAX_ABS_BIAS, MAX_ABS_BIAS)
         return straight_through(continuous, round_half_up(continuous)) + scales.bias_offset
 
@@ -470,7 +470,7 @@ class IntegerNetwork(nn.Module):
         """Input activations (N, C*H*W) float64 from uint8 images (N, C, H, W): lut[c][pixel]."""
         count, channels = images.shape[0], images.shape[1]
         index = images.reshape(count, channels, -1).long()
-        index = index + 256 * torch.arange(channels).reshape(1, channels, 1)
+        index = index + 256 * torch.arange(channels, device=index.device).reshape(1, channels, 1)
         return self.lut[index.reshape(count, -1)]
 
     def drive(self, index: int, inputs: torch.Tensor) -> torch.Tensor:
@@ -521,7 +521,8 @@ class IntegerNetwork(nn.Module):
                     f"{scales.name}: an integer bias exceeds {MAX_POTENTIAL_BITS}-bit registers "
                     "(contract section 6); the network cannot be expressed at these scales"
                 )
-            arrays.append((self.integer_weight(index).numpy().astype(np.int64), bias.numpy().astype(np.int64)))
+            arrays.append((self.integer_weight(index).cpu().numpy().astype(np.int64),
+                           bias.cpu().numpy().astype(np.int64)))
         return arrays
 
     @torch.no_grad()
@@ -537,6 +538,7 @@ class IntegerNetwork(nn.Module):
             above, total = 0, 0
             for start in range(0, len(activations[index]), batch_size):
                 inputs = torch.from_numpy(np.asarray(activations[index][start : start + batch_size], dtype=np.float64))
+                inputs = inputs.to(self.lut.device)
                 potential = self.drive(index, inputs)
                 above += int(torch.count_nonzero(torch.floor(potential / scales.ramp) > self.plan.time_steps))
                 total += potential.numel()
@@ -548,9 +550,10 @@ class IntegerNetwork(nn.Module):
         """(integer logits int64, activations int64 per spiking layer) for uint8 images (N, C, H, W)."""
         logits, activations = [], None
         for start in range(0, len(images), batch_size):
-            batch_logits, batch_activations = self(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])))
-            logits.append(batch_logits.numpy().astype(np.int64))
-            chunk = [a.numpy().astype(np.int64) for a in batch_activations]
+            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(self.lut.device)
+            batch_logits, batch_activations = self(batch)
+            logits.append(batch_logits.cpu().numpy().astype(np.int64))
+            chunk = [a.cpu().numpy().astype(np.int64) for a in batch_activations]
             activations = chunk if activations is None else [np.concatenate([a, b]) for a, b in zip(activations, chunk)]
         return np.concatenate(logits), activations
 
@@ -570,6 +573,7 @@ def finetune(
     batch_size: int = 32,
     seed: int = 0,
     on_epoch: Callable[[int, float, float], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> list[dict[str, float]]:
     """Quantisation-aware fine-tuning: Adam on the float parameters through the integer forward.
 
@@ -577,7 +581,8 @@ def finetune(
     loop is ttfs.sw.fitting's, on one thread.  ``seed`` fixes the batch
     order.  Returns one record per epoch (epoch, mean loss, training accuracy
     in integer mode seen while training); ``on_epoch(epoch, loss, accuracy)``
-    is called after each.
+    is called after each.  The network trains on ``device`` and is back on
+    the CPU when this returns.
     """
     fitting.check_fit_settings(QuantizeError, epochs, lr, batch_size, prefix="qat ")
 
@@ -585,8 +590,9 @@ def finetune(
         logits, _ = network(batch_images)
         return nn.functional.cross_entropy(network.float_logits(logits), batch_labels), logits
 
-    image_tensor = torch.from_numpy(np.ascontiguousarray(images))
-    label_tensor = torch.from_numpy(labels.astype(np.int64))
+    network.to(device)
+    image_tensor = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    label_tensor = torch.from_numpy(labels.astype(np.int64)).to(device)
     history = []
     with single_thread():
         for epoch, loss, accuracy in fitting.adam_epochs(
@@ -595,5 +601,6 @@ def finetune(
             history.append({"epoch": epoch, "loss": loss, "train_accuracy": accuracy})
             if on_epoch is not None:
                 on_epoch(epoch, loss, accuracy)
+    network.to("cpu")
     network.eval()
     return history

@@ -80,7 +80,8 @@ def test_devices_resolve_and_cuda_without_cuda_is_one_clear_error(capsys, monkey
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(distributed.DistributedError, match="device cuda: CUDA is not available"):
         distributed.resolve_device("cuda")
-    for argv in (["train", "--device", "cuda", "--epochs", "1"], ["eval", "no/run", "--device", "cuda"]):
+    export = ["export", "no/run", "--weight-bits", "5", "--time-steps", "16", "--out", "unused", "--device", "cuda"]
+    for argv in (["train", "--device", "cuda", "--epochs", "1"], ["eval", "no/run", "--device", "cuda"], export):
         assert cli.main(argv) == 2
         error = capsys.readouterr().err
         assert "device cuda: CUDA is not available" in error and error.count("\n") == 1, error
