@@ -20,15 +20,23 @@ import math
 import os
 import re
 import shutil
-import uuid
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 from ttfs.contract.errors import TTFSError
+from ttfs.contract.jsonfile import JsonFileError, read_json
+from ttfs.contract.npz import NpzError, NpzReader
+from ttfs.contract.paths import (
+    BUNDLE,
+    OutputPathError,
+    check_output,
+    recover_leftovers,
+    replace_directory,
+    staging_directory,
+)
 
 FORMAT = "ttfs-bundle"
 # A bundle with conv2d layers is version 2; one of dense layers only is written as version 1.
@@ -66,6 +74,11 @@ NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 NAME_RULE = "names match [A-Za-z_][A-Za-z0-9_.-]{0,63} and contain no '..'"
 # The toolkit names a layer's arrays "<layer>.weight" and "<layer>.bias".
 ARRAY_SUFFIXES = (".weight", ".bias")
+
+
+#: Most integers (weights, biases, LUT entries) a bundle may hold: 2**25, 256 MiB as int64.
+#: Checked from network.json's shapes before params.npz is read, so memory stays bounded.
+MAX_PARAMETERS = 1 << 25
 
 
 class BundleError(TTFSError):
@@ -533,49 +546,42 @@ def _require(obj: Mapping, key: str, where: str) -> Any:
 
 def _read_json(path: Path) -> dict:
     try:
-        text = path.read_text(encoding="utf-8")
+        document = read_json(path, NETWORK_FILE)
     except FileNotFoundError:
         raise BundleError(f"{NETWORK_FILE}: missing (a bundle needs {NETWORK_FILE} and {PARAMS_FILE})") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise BundleError(f"{NETWORK_FILE}: cannot read: {err}") from None
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise BundleError(f"{NETWORK_FILE}: invalid JSON: {err}") from None
+    except JsonFileError as err:
+        raise BundleError(str(err)) from None
     if not isinstance(document, dict):
         raise BundleError(f"{NETWORK_FILE}: expected a JSON object at the top level")
     return document
 
 
 class _Arrays:
-    """The npz file, read lazily by name; each read is checked and made int64."""
+    """params.npz through the bounded reader (:mod:`ttfs.contract.npz`); each read is checked and made int64."""
 
     def __init__(self, path: Path):
+        if not os.path.lexists(path):
+            raise BundleError(f"{PARAMS_FILE}: missing (a bundle needs {NETWORK_FILE} and {PARAMS_FILE})")
         try:
-            self._npz = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            raise BundleError(f"{PARAMS_FILE}: missing (a bundle needs {NETWORK_FILE} and {PARAMS_FILE})") from None
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-            raise BundleError(f"{PARAMS_FILE}: not a readable npz file: {err}") from None
-        if not isinstance(self._npz, np.lib.npyio.NpzFile):
-            raise BundleError(f"{PARAMS_FILE}: not an npz archive (a single .npy array)")
+            self._npz = NpzReader(path, what=PARAMS_FILE)
+        except NpzError as err:
+            raise BundleError(str(err)) from None
 
     def close(self) -> None:
         self._npz.close()
 
     def get(self, key: str, where: str, shape: tuple[int, ...], low: int, high: int) -> np.ndarray:
         label = f"{PARAMS_FILE}: {key!r} ({where})"
-        if key not in self._npz.files:
+        if key not in self._npz:
             raise BundleError(f"{label}: missing from the archive")
         try:
-            array = self._npz[key]
-        except ValueError as err:
-            if "allow_pickle" in str(err):
-                # An object array: reading it would need pickle, which we refuse.
-                raise BundleError(f"{label}: an object array, which cannot be read without pickle") from None
-            raise BundleError(f"{label}: corrupt: {err}") from None
-        except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as err:
-            raise BundleError(f"{label}: corrupt: {err}") from None
+            declared = self._npz.header(key)
+            # The shape is known from network.json: refuse another before reading any data.
+            if declared.shape != shape:
+                raise BundleError(f"{label}: shape {declared.shape} != expected {shape}")
+            array = self._npz.read(key, kinds="iu")
+        except NpzError as err:
+            raise BundleError(f"{err} ({where})") from None
         _check_array(array, label, shape, low, high)
         return array.astype(np.int64)
 
@@ -684,6 +690,12 @@ def _parse_structure(document: dict) -> dict:
 def _load_arrays(structure: dict, params_path: Path) -> Bundle:
     """Read the arrays named by the checked structure and build the Bundle."""
     steps, channels = structure["time_steps"], structure["channels"]
+    count = channels * 256 + sum(
+        math.prod(layer.weight_shape) + math.prod(layer.bias_shape(bias_per))
+        for layer, (_, _, bias_per) in zip(structure["layers"], structure["arrays"])
+    )
+    if count > MAX_PARAMETERS:
+        raise BundleError(f"{NETWORK_FILE}: the layers need {count} parameters, more than the limit of {MAX_PARAMETERS}")
     arrays = _Arrays(params_path)
     try:
         lut = arrays.get(structure["lut"], "input.lut", (channels, 256), 0, steps)
@@ -842,9 +854,12 @@ def save_bundle(
 ) -> Path:
     """Validate ``bundle`` and write it to the directory ``path`` atomically.
 
-    Everything is written into a temporary sibling directory which is then
-    renamed into place; an existing bundle at ``path`` is replaced only once
-    the new one is complete, and a failed save leaves nothing behind.
+    Everything is written into a staging sibling directory which is then put
+    in place by :func:`ttfs.contract.paths.replace_directory` (one atomic
+    exchange with an existing bundle): an interruption leaves the old bundle
+    or the new one, never neither, and a failed save leaves nothing behind.
+    ``path`` may be a bundle or an empty directory, nothing else, and not a
+    symbolic link.
     ``extra_files`` maps file names to bytes written beside ``network.json``.
     Returns the bundle's path.
     """
@@ -860,10 +875,6 @@ def save_bundle(
         raise BundleError(f"meta: not representable as JSON: {err}") from None
 
     target = Path(path)
-    if target.exists() and not (
-        target.is_dir() and ((target / NETWORK_FILE).exists() or not any(target.iterdir()))
-    ):
-        raise BundleError(f"{target}: exists and is not a bundle directory; refusing to replace it")
     arrays = {LUT_ARRAY: bundle.lut}
     for layer in bundle.layers:
         weight_name, bias_name = array_names(layer)
@@ -871,30 +882,26 @@ def save_bundle(
         arrays[bias_name] = layer.bias
     arrays = {key: np.asarray(value).astype(_small_dtype(np.asarray(value))) for key, value in arrays.items()}
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
-    retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
     try:
-        temporary.mkdir()
-        (temporary / NETWORK_FILE).write_text(meta_text, encoding="utf-8")
-        (temporary / PARAMS_FILE).write_bytes(npz_bytes(arrays))
-        for name, data in extras.items():
-            (temporary / name).write_bytes(bytes(data))
-        if target.exists():
-            os.rename(target, retired)
-            try:
-                os.rename(temporary, target)
-            except OSError:
-                os.rename(retired, target)
-                raise
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.rename(temporary, target)
+        recover_leftovers(target)
+        check_output(target, "bundle", kind=BUNDLE)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = staging_directory(target)
+    except OutputPathError as err:
+        raise BundleError(str(err)) from None
     except OSError as err:
-        raise BundleError(f"{target}: cannot save bundle: {err}") from None
+        raise BundleError(f"{target}: cannot save bundle: {err.strerror or err}") from None
+    try:
+        (staging / NETWORK_FILE).write_text(meta_text, encoding="utf-8")
+        (staging / PARAMS_FILE).write_bytes(npz_bytes(arrays))
+        for name, data in extras.items():
+            (staging / name).write_bytes(bytes(data))
+        replace_directory(staging, target)
+    except OSError as err:
+        raise BundleError(f"{target}: cannot save bundle: {err.strerror or err}") from None
     finally:
-        if temporary.exists():
-            shutil.rmtree(temporary, ignore_errors=True)
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -346,5 +346,5 @@ def test_corrupt_npz_member_is_rejected(bundle_dir):
     for offset in range(start, start + min(first.compress_size, 40)):
         data[offset] ^= 0xFF
     (bundle_dir / "params.npz").write_bytes(bytes(data))
-    with pytest.raises(BundleError, match="params.npz: 'input.lut' \\(input.lut\\): corrupt"):
+    with pytest.raises(BundleError, match="params.npz: cannot read 'input.lut': unreadable array header"):
         load_bundle(bundle_dir)
