@@ -10,6 +10,7 @@ import sys
 
 from ttfs.contract.bundle import load_bundle
 from ttfs.contract.errors import TTFSError
+from ttfs.contract.paths import check_output
 from ttfs.contract.reports import write_json
 from ttfs.contract.resources import bundle_location
 
@@ -27,8 +28,16 @@ def _at_least_one(option: str, value: int) -> None:
         raise BenchError(f"{option}: {value} must be at least 1")
 
 
+def _check_json(args: argparse.Namespace) -> None:
+    """Refuse a bad --json before the measurement (the bundle measured is an input)."""
+    if args.json is not None:
+        bundle = getattr(args, "bundle", None)
+        check_output(args.json, "--json", inputs=[None if bundle is None else bundle_location(bundle)])
+
+
 def run_bench_golden(args: argparse.Namespace) -> int:
     """Run the measurement in a single-threaded child process and report it."""
+    _check_json(args)
     from ttfs.sim.bench import SINGLE_THREAD_ENV, child_command
 
     _at_least_one("--images", args.images)
@@ -62,6 +71,7 @@ def run_bench_golden(args: argparse.Namespace) -> int:
 
 def run_bench_cycles(args: argparse.Namespace) -> int:
     """Measure cycles per image in amaranth.sim, print a summary, optionally write JSON."""
+    _check_json(args)
     from ttfs.sim.verify.cycles import measure_cycles
 
     _at_least_one("--images", args.images)
@@ -87,6 +97,7 @@ def run_bench_cycles(args: argparse.Namespace) -> int:
 
 def run_bench_resources(args: argparse.Namespace) -> int:
     """Build, convert, synthesise, print a summary and optionally write JSON."""
+    _check_json(args)
     from ttfs.hw.core import NetworkCore
     from ttfs.hw.resources import synthesise
     from ttfs.hw.verilog import convert
@@ -121,6 +132,7 @@ def run_bench_resources(args: argparse.Namespace) -> int:
 
 def run_bench_epoch(args: argparse.Namespace) -> int:
     """Time TTFS and ReLU training epochs alternately and print their ratio."""
+    _check_json(args)
     import torch
     from ttfs.sw.bench_epoch import measure_epochs
 

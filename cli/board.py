@@ -11,7 +11,7 @@ from tqdm import tqdm
 from ttfs.contract.boards import get_board
 from ttfs.contract.bundle import load_bundle
 from ttfs.contract.datasets import load_dataset
-from ttfs.contract.errors import TTFSError
+from ttfs.contract.paths import FOLDER, check_output
 from ttfs.contract.reports import write_json
 from ttfs.contract.resources import bundle_location
 from ttfs.contract.wire import PROTOCOL_VERSION, LinkError, bundle_id, link_info
@@ -20,17 +20,13 @@ from ttfs.hw.board.host import BoardClient, SerialTransport
 from ttfs.sim.golden import run as golden_run
 
 
-class BoardCommandError(TTFSError):
-    """A ``ttfs board`` / ``ttfs bitstream`` argument is wrong."""
-
-
 def run_bitstream(args) -> int:
     """Build for a board; print and write the report."""
     board = get_board(args.board)
     bundle_path = bundle_location(args.bundle or board.default_bundle)
     bundle = load_bundle(bundle_path)
     lanes = board.default_lanes if args.lanes is None else args.lanes
-    out = Path(args.out) / board.name
+    out = check_output(Path(args.out) / board.name, "--out", kind=FOLDER, inputs=[bundle_path])
     report = build_board(board, bundle, bundle_path, lanes, out,
                          progress=lambda line: print(f"ttfs bitstream: {line}"))
     fmax = f"{report['fmax_mhz']:.1f} MHz" if report["fmax_mhz"] is not None else "n/a (no place and route)"
@@ -49,8 +45,6 @@ def _session(args):
     """(board, bundle, transport) for a ``ttfs board`` command."""
     board = get_board(args.board)
     bundle = load_bundle(bundle_location(args.bundle or board.default_bundle))
-    if args.timeout <= 0:
-        raise BoardCommandError(f"--timeout: {args.timeout} is not positive")
     return board, bundle, SerialTransport(args.port, args.baud or board.baud)
 
 
@@ -66,8 +60,8 @@ async def _check_version(client, bundle) -> dict:
 
 def run_board_run(args) -> int:
     """Classify images on the board, compare with the golden model, print accuracy and throughput."""
-    if args.images < 1:
-        raise BoardCommandError(f"--images: {args.images} is below 1")
+    if args.json:
+        check_output(args.json, "--json", inputs=[bundle_location(args.bundle or get_board(args.board).default_bundle)])
     board, bundle, transport = _session(args)
     labels = None
     if bundle.input_shape == (1, 28, 28):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ttfs.contract.datasets import user_data_path
+from ttfs.contract.paths import RUN, check_output
 from ttfs.sw import convert, training
 
 
@@ -11,6 +13,8 @@ def run_convert(args: argparse.Namespace) -> int:
     """Handler of ``ttfs convert``."""
     if (args.mean is None) != (args.std is None):
         raise convert.ConversionError("--mean and --std: give both (the input normalisation) or neither")
+    check_output(args.out, "--out", kind=RUN,
+                 inputs=[args.checkpoint, args.architecture, user_data_path(args.dataset), args.data_dir])
     model = convert.load_model(args.checkpoint, args.architecture)
     _, config, report = convert.convert_run(
         model, args.input_shape, out=args.out, dataset=args.dataset, data_dir=args.data_dir,

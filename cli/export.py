@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
+from ttfs.contract.paths import BUNDLE, check_output
 from ttfs.contract.reports import write_json
 from ttfs.sw import export
 
 
 def run_export(args: argparse.Namespace) -> int:
     """Handler of ``ttfs export``."""
+    check_output(args.out, "--out", kind=BUNDLE, inputs=[args.run])
     result = export.export_run(
         args.run, args.weight_bits, args.time_steps,
         calibrate=args.calibrate, qat_epochs=args.qat_epochs, seed=args.seed,
@@ -26,8 +26,11 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_sweep(args: argparse.Namespace) -> int:
     """Handler of ``ttfs sweep``."""
+    for option, path in (("--json", args.json), ("--png", args.png)):
+        if path:
+            check_output(path, option, inputs=[args.run])
     report = export.sweep(
-        args.run, export.parse_int_list(args.weight_bits), export.parse_int_list(args.time_steps),
+        args.run, args.weight_bits, args.time_steps,
         calibrate=args.calibrate, seed=args.seed, clip_percentile=args.clip_percentile, progress=not args.quiet,
     )  # fmt: skip
     for line in export.sweep_table(report):
@@ -35,7 +38,6 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.json:
         print(f"wrote {write_json(args.json, report)}")
     if args.png:
-        Path(args.png).parent.mkdir(parents=True, exist_ok=True)
         export.plot_sweep(report, args.png)
         print(f"wrote {args.png}")
     return 0

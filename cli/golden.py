@@ -6,8 +6,9 @@ import argparse
 
 import numpy as np
 from ttfs.contract.bundle import describe, load_bundle
-from ttfs.contract.datasets import load_dataset, load_for_input, load_images_npz
+from ttfs.contract.datasets import load_dataset, load_for_input, load_images_npz, user_data_path
 from ttfs.contract.errors import TTFSError
+from ttfs.contract.paths import check_output
 from ttfs.contract.reports import write_json
 from ttfs.contract.resources import bundle_location
 from ttfs.sim.golden import as_image_batch, run
@@ -19,7 +20,10 @@ class GoldenCliError(TTFSError):
 
 def run_golden(args: argparse.Namespace) -> int:
     """Load the bundle and the images, run the golden model, print and write the report."""
-    bundle = load_bundle(bundle_location(args.bundle))
+    bundle_dir = bundle_location(args.bundle)
+    if args.json is not None:
+        check_output(args.json, "--json", inputs=[bundle_dir, args.input, user_data_path(args.dataset), args.data_dir])
+    bundle = load_bundle(bundle_dir)
     if args.input is not None:
         dataset = load_images_npz(args.input)
         source = args.input
@@ -32,8 +36,6 @@ def run_golden(args: argparse.Namespace) -> int:
         source = f"mnist-sample ({args.split} split)"
     images, labels = dataset.images, dataset.labels
     if args.images is not None:
-        if args.images < 1:
-            raise GoldenCliError(f"--images: {args.images} must be at least 1")
         images = images[: args.images]
         labels = None if labels is None else labels[: args.images]
     try:

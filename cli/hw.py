@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ttfs.contract.bundle import load_bundle
 from ttfs.contract.errors import TTFSError
+from ttfs.contract.paths import FOLDER, check_output
 from ttfs.contract.resources import bundle_location
 from ttfs.hw.core import NetworkCore
 from ttfs.hw.verilog import write_outputs
@@ -21,10 +22,11 @@ class VerilogError(TTFSError):
 
 def run_hw_verilog(args: argparse.Namespace) -> int:
     """``ttfs hw verilog``: elaborate, convert, write atomically, print a summary."""
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    bundle_dir = bundle_location(args.bundle)
+    out = check_output(args.out, "--out", kind=FOLDER, inputs=[bundle_dir])
+    if out.exists() and any(out.iterdir()):
         raise VerilogError(f"--out {out}: exists and is not an empty directory")
-    bundle = load_bundle(bundle_location(args.bundle))
+    bundle = load_bundle(bundle_dir)
     core = NetworkCore(bundle, args.lanes, pixels_per_beat=args.pixels_per_beat, trace=not args.no_trace)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -3,8 +3,10 @@
 A handler's module is imported when its command runs, not before: ``ttfs
 --help`` needs neither torch nor amaranth, and a command whose optional
 dependencies are not installed ends in one line naming the extra to install.
-Every :class:`~ttfs.contract.errors.TTFSError` becomes one line on stderr and
-exit status 2.
+Every :class:`~ttfs.contract.errors.TTFSError`, and any ``OSError`` or
+``MemoryError`` the checks before the work could not foresee, becomes one
+line on stderr and exit status 2 (so do argparse's errors:
+:class:`~ttfs.cli.parser.OneLineParser`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import importlib.util
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-from ttfs.cli.parser import build_parser
+from ttfs.cli.parser import UsageError, build_parser
 from ttfs.contract.errors import TTFSError
 
 DISTRIBUTION = "ttfs-toolkit"
@@ -58,7 +60,11 @@ def command_name(args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(toolkit_version())
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as err:
+        print(err, file=sys.stderr)
+        return 2
     name = command_name(args)
     problem = missing_extra(args.extra)
     if problem is not None:
@@ -70,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         status = handler(args)
     except TTFSError as err:
         print(f"ttfs {name}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a file the checks could not foresee (a full disk, a vanished folder)
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"ttfs {name}: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"ttfs {name}: error: out of memory", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ttfs {name}: interrupted", file=sys.stderr)

@@ -11,6 +11,7 @@ missing says so in one line.
 from __future__ import annotations
 
 import argparse
+import math
 
 DESCRIPTION = """\
 Deep time-to-first-spike (TTFS) networks, from PyTorch training to an FPGA
@@ -76,15 +77,100 @@ def parse_floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
 
 
-def positive_int(text: str) -> int:
-    """An integer of at least 1 from one command-line word."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer of at least 1")
-    return value
+def bounded_int(low: int, high: int):
+    """An argument type reading one integer in ``low..high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
+        return value
+
+    return parse
+
+
+def bounded_float(low: float, high: float, *, low_open: bool = False, high_open: bool = False):
+    """An argument type reading one finite number in ``low..high`` (``*_open``: that end excluded)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (math.isfinite(value) and above and below):
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number in {interval}")
+        return value
+
+    return parse
+
+
+def int_list(low: int, high: int):
+    """An argument type reading "2..8" (inclusive range), "4,8,16" or a mix "2..4,8", every value in
+    ``low..high``; the bounds are checked before a range is expanded, so no list grows beyond high-low+1."""
+
+    def parse(text: str) -> list[int]:
+        values: list[int] = []
+        try:
+            for part in (p.strip() for p in text.split(",")):
+                if not part:
+                    continue
+                first, _, last = part.partition("..")
+                start, stop = int(first), int(last or first)
+                if stop < start or start < low or stop > high:
+                    raise ValueError
+                values.extend(range(start, stop + 1))
+                if len(values) > high - low + 1:
+                    raise ValueError
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a list like 2..8 or 4,8,16 of at most {high - low + 1} values in {low}..{high}"
+            ) from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"{text!r} names no values")
+        return values
+
+    return parse
+
+
+class UsageError(Exception):
+    """A command line argparse refused; :func:`ttfs.cli.main.main` prints it as one line, exit status 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors raise :class:`UsageError` (one line, no usage block) instead of exiting."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: error: {' '.join(message.split())}")
+
+
+# Numeric limits of the options (docs/input-safety.md).
+MAX_IMAGES = 10_000_000
+MAX_LANES = 4096
+MAX_PIXELS_PER_BEAT = 64
+MAX_SEED = 2**32 - 1
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 1 << 20
+MAX_THREADS = 1024
+MIN_BAUD, MAX_BAUD = 300, 12_000_000
+MAX_TIMEOUT_S = 3600.0
+positive_int = bounded_int(1, MAX_IMAGES)
+seed_int = bounded_int(0, MAX_SEED)
+image_count = bounded_int(1, MAX_IMAGES)
+lane_count = bounded_int(1, MAX_LANES)
+pixels_per_beat = bounded_int(1, MAX_PIXELS_PER_BEAT)
+epoch_count = bounded_int(0, MAX_EPOCHS)
+batch_size = bounded_int(1, MAX_BATCH_SIZE)
+weight_bits = bounded_int(2, 16)
+time_steps = bounded_int(2, 256)
+probability = bounded_float(0.0, 1.0, high_open=True)
+positive_float = bounded_float(0.0, 1e9, low_open=True)
+non_negative_float = bounded_float(0.0, 1e9)
 
 
 # ---------------------------------------------------------------- the commands
@@ -115,7 +201,7 @@ def _add_golden(subparsers) -> None:
     )
     parser.add_argument("bundle", metavar="BUNDLE",
                         help="bundle directory (network.json + params.npz), or a packaged bundle's name")
-    parser.add_argument("--images", type=int, metavar="N", default=None,
+    parser.add_argument("--images", type=image_count, metavar="N", default=None,
                         help="run only the first N images (default: all)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--input", metavar="FILE.npz", default=None,
@@ -198,25 +284,25 @@ def _add_train(subparsers) -> None:
         help="arch vgg, mode relu: batch norm before or after each ReLU, folded into the spiking network",
     )  # fmt: skip
     hardware = train.add_argument_group("hardware fine-tuning (mode finetune)")
-    hardware.add_argument("--noise", type=float, metavar="SIGMA", help="spike-time jitter, sigma in units of each window")
-    hardware.add_argument("--time-steps", type=int, metavar="T", help="spike times on T steps per window")
-    hardware.add_argument("--weight-bits", type=int, metavar="B", help="B-bit weights with a power-of-two scale")
+    hardware.add_argument("--noise", type=non_negative_float, metavar="SIGMA", help="spike-time jitter, sigma in units of each window")
+    hardware.add_argument("--time-steps", type=time_steps, metavar="T", help="spike times on T steps per window")
+    hardware.add_argument("--weight-bits", type=weight_bits, metavar="B", help="B-bit weights with a power-of-two scale")
     hardware.add_argument(
-        "--latency-quantile", type=float, metavar="Q",
+        "--latency-quantile", type=bounded_float(0.0, 1.0, low_open=True), metavar="Q",
         help="shrink each window to the Q-quantile of its activations (larger ones saturate), lowering the latency",
     )  # fmt: skip
     train.add_argument("--optimizer", choices=("adam", "sgd"), help="default adam")
-    train.add_argument("--lr", type=float, help="learning rate (default 5e-4 for adam, 0.05 for sgd)")
-    train.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    train.add_argument("--lr-decay", type=float, help="factor applied to the lr every --lr-decay-steps steps (default 0.9)")
-    train.add_argument("--lr-decay-steps", type=int, help="optimiser steps between lr decays (default 5000)")
-    train.add_argument("--epochs", type=int, help="default 40")
-    train.add_argument("--batch-size", type=int, help="default 32")
-    train.add_argument("--seed", type=int, help="fixes the initial weights and the batch order (default 0)")
+    train.add_argument("--lr", type=positive_float, help="learning rate (default 5e-4 for adam, 0.05 for sgd)")
+    train.add_argument("--momentum", type=bounded_float(0.0, 1.0, high_open=True), help="SGD momentum (default 0.9)")
+    train.add_argument("--lr-decay", type=bounded_float(0.0, 1.0, low_open=True), help="factor applied to the lr every --lr-decay-steps steps (default 0.9)")
+    train.add_argument("--lr-decay-steps", type=positive_int, help="optimiser steps between lr decays (default 5000)")
+    train.add_argument("--epochs", type=epoch_count, help="default 40")
+    train.add_argument("--batch-size", type=batch_size, help="default 32")
+    train.add_argument("--seed", type=seed_int, help="fixes the initial weights and the batch order (default 0)")
     train.add_argument("--dtype", choices=("float32", "float64"), help="default float32; float64 for exact comparisons")
-    train.add_argument("--window-factor", type=float, help="window rule: window >= factor x largest activation (default 10)")
+    train.add_argument("--window-factor", type=bounded_float(1.0, 1e9, low_open=True), help="window rule: window >= factor x largest activation (default 10)")
     train.add_argument(
-        "--activity-penalty", type=float,
+        "--activity-penalty", type=non_negative_float,
         help="weight of an L1 term on hidden activations (earlier spikes cost more), lowering the spike count (default 0)",
     )  # fmt: skip
     train.add_argument("--config", metavar="FILE.json", help="settings file; flags override it")
@@ -239,9 +325,9 @@ def _add_train(subparsers) -> None:
     evaluate.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
     evaluate.add_argument("--json", metavar="OUT", help="also write the metrics to this JSON file")
     sweeps = evaluate.add_argument_group("hardware sweeps")
-    sweeps.add_argument("--noise", type=float, nargs="+", metavar="SIGMA", help="accuracy against spike-time noise")
-    sweeps.add_argument("--time-steps", type=int, nargs="+", metavar="T", help="accuracy against time steps per window")
-    sweeps.add_argument("--weight-bits", type=int, nargs="+", metavar="B", help="accuracy against weight bits")
+    sweeps.add_argument("--noise", type=non_negative_float, nargs="+", metavar="SIGMA", help="accuracy against spike-time noise")
+    sweeps.add_argument("--time-steps", type=time_steps, nargs="+", metavar="T", help="accuracy against time steps per window")
+    sweeps.add_argument("--weight-bits", type=weight_bits, nargs="+", metavar="B", help="accuracy against weight bits")
     sweeps.add_argument("--repeats", type=positive_int, default=3, metavar="N", help="noise draws per sigma (default 3)")
     sweeps.add_argument("--plot", metavar="FILE.png", help="the sweeps' PNG (default RUN/sweep-SPLIT.png)")
 
@@ -319,7 +405,7 @@ def _add_convert(subparsers) -> None:
     convert.add_argument("--std", type=parse_floats, metavar="S[,S,S]", help="see --mean")
     convert.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                          help="the run's dtype (default float32; float64 for exact comparisons)")
-    convert.add_argument("--window-factor", type=float, default=10.0,
+    convert.add_argument("--window-factor", type=bounded_float(1.0, 1e9, low_open=True), default=10.0,
                          help="window rule: window >= factor x largest activation on the data (default 10)")
     convert.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
     convert.add_argument("--out", metavar="RUN_DIR", required=True, help="run directory to write")
@@ -332,16 +418,16 @@ def _add_export(subparsers) -> None:
         description=EXPORT_DESCRIPTION, formatter_class=RAW,
     )
     export.add_argument("run", metavar="RUN", help="run directory made by `ttfs train`")
-    export.add_argument("--weight-bits", type=int, required=True, metavar="B", help="signed weight width, 2..16")
-    export.add_argument("--time-steps", type=int, required=True, metavar="T", help="steps per window, a power of two in 2..256")
-    export.add_argument("--calibrate", type=int, default=1000, metavar="N", help="training images used to calibrate the activation steps (default 1000)")
-    export.add_argument("--clip-percentile", type=float, default=None, metavar="P",
+    export.add_argument("--weight-bits", type=weight_bits, required=True, metavar="B", help="signed weight width, 2..16")
+    export.add_argument("--time-steps", type=time_steps, required=True, metavar="T", help="steps per window, a power of two in 2..256")
+    export.add_argument("--calibrate", type=image_count, default=1000, metavar="N", help="training images used to calibrate the activation steps (default 1000)")
+    export.add_argument("--clip-percentile", type=bounded_float(0.0, 100.0, low_open=True), default=None, metavar="P",
                         help="percentile of the positive float activations mapped to T (default 99.99)")  # fmt: skip
-    export.add_argument("--qat-epochs", type=int, default=0, metavar="K", help="quantisation-aware fine-tuning epochs (default 0)")
-    export.add_argument("--qat-lr", type=float, default=1e-4, help="Adam learning rate of the fine-tuning (default 1e-4)")
-    export.add_argument("--qat-batch-size", type=int, default=32, help="fine-tuning batch size (default 32)")
-    export.add_argument("--seed", type=int, default=0, metavar="S", help="picks the calibration images and the fine-tuning batch order (default 0)")
-    export.add_argument("--vectors", type=int, default=64, metavar="N", help="test images stored in vectors.npz (default 64)")
+    export.add_argument("--qat-epochs", type=epoch_count, default=0, metavar="K", help="quantisation-aware fine-tuning epochs (default 0)")
+    export.add_argument("--qat-lr", type=positive_float, default=1e-4, help="Adam learning rate of the fine-tuning (default 1e-4)")
+    export.add_argument("--qat-batch-size", type=batch_size, default=32, help="fine-tuning batch size (default 32)")
+    export.add_argument("--seed", type=seed_int, default=0, metavar="S", help="picks the calibration images and the fine-tuning batch order (default 0)")
+    export.add_argument("--vectors", type=bounded_int(0, MAX_IMAGES), default=64, metavar="N", help="test images stored in vectors.npz (default 64)")
     export.add_argument("--device", choices=DEVICES, default="auto",
                         help="where the quantisation-aware fine-tuning runs: " + DEVICE_HELP)
     export.add_argument("--out", required=True, metavar="BUNDLE", help="bundle directory to write (replaced atomically)")
@@ -353,11 +439,13 @@ def _add_export(subparsers) -> None:
         description=SWEEP_DESCRIPTION, formatter_class=RAW,
     )
     sweep.add_argument("run", metavar="RUN", help="run directory made by `ttfs train`")
-    sweep.add_argument("--weight-bits", default="2..8", metavar="LIST", help="e.g. 2..8 or 4,5,8 (default 2..8)")
-    sweep.add_argument("--time-steps", default="4,8,16,32", metavar="LIST", help="e.g. 4,8,16,32 (default)")
-    sweep.add_argument("--calibrate", type=int, default=1000, metavar="N", help="calibration images (default 1000)")
-    sweep.add_argument("--clip-percentile", type=float, default=None, metavar="P", help="default 99.99")
-    sweep.add_argument("--seed", type=int, default=0, metavar="S", help="picks the calibration images (default 0)")
+    sweep.add_argument("--weight-bits", type=int_list(2, 16), default="2..8", metavar="LIST",
+                       help="values in 2..16, e.g. 2..8 or 4,5,8 (default 2..8)")
+    sweep.add_argument("--time-steps", type=int_list(2, 256), default="4,8,16,32", metavar="LIST",
+                       help="values in 2..256, e.g. 4,8,16,32 (default)")
+    sweep.add_argument("--calibrate", type=image_count, default=1000, metavar="N", help="calibration images (default 1000)")
+    sweep.add_argument("--clip-percentile", type=bounded_float(0.0, 100.0, low_open=True), default=None, metavar="P", help="default 99.99")
+    sweep.add_argument("--seed", type=seed_int, default=0, metavar="S", help="picks the calibration images (default 0)")
     sweep.add_argument("--json", metavar="OUT", help="write the results as JSON")
     sweep.add_argument("--png", metavar="OUT", help="plot accuracy against bits, one line per T")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -385,9 +473,9 @@ def add_core_arguments(parser: argparse.ArgumentParser) -> None:
     """The core parameters shared by ``hw verilog`` and the hardware benchmarks."""
     parser.add_argument("bundle", metavar="BUNDLE",
                         help="bundle directory (network.json + params.npz), or a packaged bundle's name")
-    parser.add_argument("--lanes", type=int, metavar="P", required=True,
+    parser.add_argument("--lanes", type=lane_count, metavar="P", required=True,
                         help="neurons integrated in parallel per layer (each layer uses min(P, width))")
-    parser.add_argument("--pixels-per-beat", type=int, metavar="K", default=1,
+    parser.add_argument("--pixels-per-beat", type=pixels_per_beat, metavar="K", default=1,
                         help="pixels per input beat (default 1)")
     parser.add_argument("--no-trace", action="store_true",
                         help="leave out the trace port (nothing can stall on it)")
@@ -439,17 +527,17 @@ def _add_sim(subparsers) -> None:
     )
     parser.add_argument("--bundle", default=DEFAULT_SIM_BUNDLE,
                         help=f"bundle directory, or a packaged bundle's name (default {DEFAULT_SIM_BUNDLE})")
-    parser.add_argument("--images", type=int, default=DEFAULT_SIM_IMAGES, metavar="N",
+    parser.add_argument("--images", type=image_count, default=DEFAULT_SIM_IMAGES, metavar="N",
                         help=f"number of images to simulate (default {DEFAULT_SIM_IMAGES})")
     parser.add_argument("--input", metavar="FILE.npz", help="images to use instead of the embedded ones")
     parser.add_argument("--sim", choices=("verilator", "icarus"), default="verilator",
                         help="Verilog simulator (default verilator)")
-    parser.add_argument("--lanes", type=int, default=DEFAULT_SIM_LANES, metavar="P",
+    parser.add_argument("--lanes", type=lane_count, default=DEFAULT_SIM_LANES, metavar="P",
                         help=f"neurons integrated in parallel per layer (default {DEFAULT_SIM_LANES})")
-    parser.add_argument("--pixels-per-beat", type=int, default=DEFAULT_SIM_PIXELS_PER_BEAT, metavar="K",
+    parser.add_argument("--pixels-per-beat", type=pixels_per_beat, default=DEFAULT_SIM_PIXELS_PER_BEAT, metavar="K",
                         help=f"pixels per input beat (default {DEFAULT_SIM_PIXELS_PER_BEAT})")
-    parser.add_argument("--seed", type=int, default=1, help="seed of the stalls and of random images (default 1)")
-    parser.add_argument("--stall", type=float, default=0.1, metavar="P",
+    parser.add_argument("--seed", type=seed_int, default=1, help="seed of the stalls and of random images (default 1)")
+    parser.add_argument("--stall", type=probability, default=0.1, metavar="P",
                         help="per-cycle probability of an input gap and of result/trace back-pressure "
                              "(default 0.1)")
     parser.add_argument("--no-reset-test", action="store_true",
@@ -494,7 +582,7 @@ def _add_boards(subparsers) -> None:
                            help=f"one of {', '.join(BOARDS)}")
     bitstream.add_argument("--bundle", metavar="DIR",
                            help="bundle directory or packaged bundle name (default: the board's default bundle)")
-    bitstream.add_argument("--lanes", type=int, metavar="P",
+    bitstream.add_argument("--lanes", type=lane_count, metavar="P",
                            help="neurons integrated in parallel per layer (default: the board's, "
                                 "16; 1 on the iCEBreaker)")
     bitstream.add_argument("--out", metavar="DIR", default="build",
@@ -514,13 +602,13 @@ def _add_boards(subparsers) -> None:
         command.add_argument("--port", metavar="DEV", required=True, help="serial port, e.g. /dev/ttyUSB1")
         command.add_argument("--board", default="arty", choices=sorted(BOARDS),
                              help="board the bitstream was built for (sets the baud rate; default arty)")
-        command.add_argument("--baud", type=int, help="UART rate (default: the board's)")
+        command.add_argument("--baud", type=bounded_int(MIN_BAUD, MAX_BAUD), help="UART rate (default: the board's)")
         command.add_argument("--bundle", metavar="DIR",
                              help="bundle the bitstream was built from (default: the board's default)")
-        command.add_argument("--timeout", type=float, default=2.0, metavar="S",
+        command.add_argument("--timeout", type=bounded_float(0.0, MAX_TIMEOUT_S, low_open=True), default=2.0, metavar="S",
                              help="seconds to wait for each answer (default 2)")
         if name == "run":
-            command.add_argument("--images", type=int, default=100, metavar="N",
+            command.add_argument("--images", type=image_count, default=100, metavar="N",
                                  help="images to classify (default 100)")
             command.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
@@ -556,7 +644,7 @@ def _add_bench(subparsers) -> None:
     golden.add_argument("--bundle", metavar="BUNDLE", default=None,
                         help="bundle directory or packaged bundle name to measure (any version, e.g. a conv "
                              "bundle; default: the random 784-340-10)")
-    golden.add_argument("--images", type=int, metavar="N", default=DEFAULT_GOLDEN_IMAGES,
+    golden.add_argument("--images", type=image_count, metavar="N", default=DEFAULT_GOLDEN_IMAGES,
                         help=f"images per timed run (default {DEFAULT_GOLDEN_IMAGES})")
     golden.add_argument("--json", metavar="OUT", default=None, help="write the figures as JSON to OUT")
 
@@ -574,7 +662,7 @@ def _add_bench(subparsers) -> None:
         ),
     )
     add_core_arguments(cycles)
-    cycles.add_argument("--images", type=int, metavar="N", default=DEFAULT_CYCLES_IMAGES,
+    cycles.add_argument("--images", type=image_count, metavar="N", default=DEFAULT_CYCLES_IMAGES,
                         help=f"images to simulate (default {DEFAULT_CYCLES_IMAGES})")
     cycles.add_argument("--json", metavar="OUT", default=None, help="write the figures as JSON to OUT")
 
@@ -596,22 +684,22 @@ def _add_bench(subparsers) -> None:
         help="TTFS / ReLU training-epoch time for FC2 on the embedded MNIST sample",
         description=EPOCH_DESCRIPTION,
     )
-    epoch.add_argument("--epochs", type=int, default=DEFAULT_EPOCH_EPOCHS,
+    epoch.add_argument("--epochs", type=bounded_int(1, MAX_EPOCHS), default=DEFAULT_EPOCH_EPOCHS,
                        help=f"timed epochs per network (default {DEFAULT_EPOCH_EPOCHS})")
-    epoch.add_argument("--widths", type=int, nargs="+", default=DEFAULT_EPOCH_WIDTHS,
+    epoch.add_argument("--widths", type=bounded_int(1, 65536), nargs="+", default=DEFAULT_EPOCH_WIDTHS,
                        help="hidden widths (default 340: FC2)")
-    epoch.add_argument("--batch-size", type=int, default=DEFAULT_EPOCH_BATCH_SIZE,
+    epoch.add_argument("--batch-size", type=batch_size, default=DEFAULT_EPOCH_BATCH_SIZE,
                        help=f"default {DEFAULT_EPOCH_BATCH_SIZE}")
     epoch.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="default float32")
-    epoch.add_argument("--activity-penalty", type=float, default=0.0, help="as in `ttfs train` (default 0)")
-    epoch.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    epoch.add_argument("--seed", type=int, default=0, help="default 0")
+    epoch.add_argument("--activity-penalty", type=non_negative_float, default=0.0, help="as in `ttfs train` (default 0)")
+    epoch.add_argument("--threads", type=bounded_int(1, MAX_THREADS), default=1, help="torch threads (default 1)")
+    epoch.add_argument("--seed", type=seed_int, default=0, help="default 0")
     epoch.add_argument("--json", metavar="OUT", default=None, help="write the figures as JSON to OUT")
 
 
 def build_parser(version: str) -> argparse.ArgumentParser:
     """The whole ``ttfs`` command line; the order here is the order ``--help`` lists."""
-    parser = argparse.ArgumentParser(prog="ttfs", description=DESCRIPTION, formatter_class=RAW)
+    parser = OneLineParser(prog="ttfs", description=DESCRIPTION, formatter_class=RAW)
     parser.add_argument("--version", action="version", version=f"ttfs-toolkit {version}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_golden(subparsers)

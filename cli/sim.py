@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 from ttfs.contract.bundle import load_bundle
-from ttfs.contract.datasets import load_dataset, load_images_npz
+from ttfs.contract.datasets import load_dataset, load_images_npz, read_images_member
 from ttfs.contract.errors import TTFSError
+from ttfs.contract.paths import FOLDER, check_output
 from ttfs.contract.reports import write_json
 from ttfs.contract.resources import bundle_location
 from ttfs.sim.golden import as_image_batch
@@ -48,12 +49,10 @@ def _select_images(bundle, bundle_dir: Path, count: int, input_file: str | None,
         images = data.images[:count]
         return images, data.labels[:count], f"embedded MNIST test images 0..{len(images) - 1}"
     parts, source = [], []
-    vectors = bundle_dir / "vectors.npz"
-    if vectors.is_file():
-        with np.load(vectors, allow_pickle=False) as archive:
-            if "images" in archive:
-                parts.append(as_image_batch(bundle, archive["images"])[:count])
-                source.append(f"{len(parts[0])} images of vectors.npz")
+    vectors = read_images_member(bundle_dir / "vectors.npz", "vectors.npz")
+    if vectors is not None:
+        parts.append(as_image_batch(bundle, vectors)[:count])
+        source.append(f"{len(parts[0])} images of vectors.npz")
     have = sum(len(p) for p in parts)
     if have < count:
         parts.append(random_images(seed, bundle, count - have))
@@ -69,11 +68,8 @@ def _cycles_summary(values: list[int]) -> dict:
 
 def run_sim(args) -> int:
     """Build, simulate, check and report; see the module docstring for the exit status."""
-    if args.images < 1:
-        raise SimulationError(f"--images: {args.images} must be at least 1")
-    if not 0.0 <= args.stall < 1.0:
-        raise SimulationError(f"--stall: {args.stall} must lie in 0 <= p < 1")
     bundle_dir = bundle_location(args.bundle)
+    check_output(args.out, "--out", kind=FOLDER, inputs=[bundle_dir, args.input])
     bundle = load_bundle(bundle_dir)
     images, labels, source = _select_images(bundle, bundle_dir, args.images, args.input, args.seed)
     # The one golden run: the testbench, the scoreboard and the report all take it.

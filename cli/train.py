@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ttfs.contract.datasets import user_data_path
+from ttfs.contract.paths import check_output
 from ttfs.contract.reports import write_json
 from ttfs.sw import distributed, finetune, models, training
 
@@ -59,6 +61,12 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     """Handler of ``ttfs eval``."""
     check_sweep_values(args)
+    # The run's own files are inputs; a new file beside them (the default plot) is not.
+    read = [Path(args.run) / models.CONFIG_FILE, Path(args.run) / models.CHECKPOINT_FILE,
+            user_data_path(args.dataset), args.data_dir]
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path:
+            check_output(path, option, inputs=read)
     device = distributed.resolve_device(args.device)
     model, config = models.load_run(args.run)
     dataset = training.load_split(config, args.split, dataset=args.dataset, data_dir=args.data_dir)

@@ -43,6 +43,9 @@ SPLITS = ("train", "test")
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: Largest array of an input file of images (``--input``, a bundle's vectors.npz), so that
+#: the images and the work on them stay well within memory.
+MAX_INPUT_BYTES = 256 << 20
 #: At most this many classes (labels 0..MAX_CLASSES-1) in a user's data.
 MAX_CLASSES = 65536
 
@@ -110,6 +113,14 @@ def check_dataset_name(name: str) -> str:
     if name not in DATASET_NAMES:
         raise DatasetError(f"unknown data set {name!r}; choose one of {dataset_names_help()}")
     return name
+
+
+def user_data_path(name: str | None) -> Path | None:
+    """The file or folder of a user's data set (``npz:FILE``, ``folder:DIR``); None for any other name."""
+    if not isinstance(name, str):
+        return None
+    scheme, separator, location = name.partition(":")
+    return Path(location) if separator and scheme in USER_SCHEMES and location else None
 
 
 def is_image_folder(name: str) -> bool:
@@ -217,6 +228,19 @@ def _read_user_arrays(path: Path, wanted: list[str], optional: list[str]) -> dic
     return arrays
 
 
+def read_images_member(path: Path, what: str) -> np.ndarray | None:
+    """The checked ``images`` array of an optional archive (a bundle's vectors.npz); None when the file
+    or the array is absent.  A file that is there but unreadable is a DatasetError, never ignored."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        with NpzReader(path, what=what, max_array_bytes=MAX_INPUT_BYTES) as archive:
+            images = archive.read("images", kinds="u") if "images" in archive else None
+    except NpzError as err:
+        raise DatasetError(str(err)) from None
+    return None if images is None else _checked_images(images, f"{what}: 'images'")
+
+
 def load_images_npz(path: str | Path) -> Dataset:
     """Load a user's input file: an ``.npz`` with ``images`` and optional ``labels``.
 
@@ -227,7 +251,7 @@ def load_images_npz(path: str | Path) -> Dataset:
     """
     path = Path(path)
     try:
-        with NpzReader(path) as archive:
+        with NpzReader(path, max_array_bytes=MAX_INPUT_BYTES) as archive:
             if "images" not in archive:
                 raise DatasetError(f"{path}: no 'images' array (arrays found: {', '.join(archive.names) or 'none'})")
             images = archive.read("images")

@@ -73,10 +73,10 @@ def _nearest_existing(path: Path, what: str) -> Path:
     current = path
     while True:
         if os.path.islink(current) and not current.exists():
-            raise OutputPathError(f"{what} {path}: {current} is a dangling symbolic link")
+            raise OutputPathError(f"{what}: cannot write {path}: {current} is a dangling symbolic link")
         if current.exists():
             if current != path and not current.is_dir():
-                raise OutputPathError(f"{what} {path}: {current} is not a directory")
+                raise OutputPathError(f"{what}: cannot write {path}: {current} is not a directory")
             return current
         if current.parent == current:
             return current
@@ -90,7 +90,7 @@ def _probe_writable(folder: Path, what: str, path: Path) -> None:
         os.close(handle)
         os.unlink(probe)
     except OSError as err:
-        raise OutputPathError(f"{what} {path}: cannot write in {folder} ({err.strerror or err})") from None
+        raise OutputPathError(f"{what}: cannot write {path}: nothing can be created in {folder} ({err.strerror or err})") from None
 
 
 def check_output(path: str | os.PathLike, what: str, *, kind: str = FILE,
@@ -111,12 +111,12 @@ def check_output(path: str | os.PathLike, what: str, *, kind: str = FILE,
             continue
         source_real = _real(Path(source))
         if _is_within(real, source_real):
-            raise OutputPathError(f"{what} {target}: is or lies inside the input {source}; "
+            raise OutputPathError(f"{what}: cannot write {target}: it is or lies inside the input {source}; "
                                   "an output never overwrites an input")
         if kind != FILE and _is_within(source_real, real):
-            raise OutputPathError(f"{what} {target}: holds the input {source}; an output never overwrites an input")
+            raise OutputPathError(f"{what}: cannot write {target}: it holds the input {source}; an output never overwrites an input")
     if kind != FILE and target.is_symlink():
-        raise OutputPathError(f"{what} {target}: is a symbolic link; give the directory it names")
+        raise OutputPathError(f"{what}: cannot write {target}: it is a symbolic link; give the directory it names")
     existing = _nearest_existing(target, what)
     if existing == target:
         _check_existing(target, what, kind)
@@ -132,24 +132,24 @@ def _check_existing(target: Path, what: str, kind: str) -> None:
     try:
         mode = os.stat(target).st_mode
     except OSError as err:
-        raise OutputPathError(f"{what} {target}: cannot inspect it ({err.strerror or err})") from None
+        raise OutputPathError(f"{what}: cannot write {target}: cannot inspect it ({err.strerror or err})") from None
     if kind == FILE:
         if stat.S_ISDIR(mode):
-            raise OutputPathError(f"{what} {target}: is a directory, not a file")
+            raise OutputPathError(f"{what}: cannot write {target}: it is a directory, not a file")
         if not stat.S_ISREG(mode):
-            raise OutputPathError(f"{what} {target}: exists and is not a regular file")
+            raise OutputPathError(f"{what}: cannot write {target}: it exists and is not a regular file")
         return
     if not stat.S_ISDIR(mode):
-        raise OutputPathError(f"{what} {target}: exists and is not a directory")
+        raise OutputPathError(f"{what}: cannot write {target}: it exists and is not a directory")
     marker = KIND_MARKERS.get(kind)
     if marker is None:
         return
     try:
         empty = not any(target.iterdir())
     except OSError as err:
-        raise OutputPathError(f"{what} {target}: cannot list it ({err.strerror or err})") from None
+        raise OutputPathError(f"{what}: cannot write {target}: cannot list it ({err.strerror or err})") from None
     if not empty and not (target / marker).is_file():
-        raise OutputPathError(f"{what} {target}: exists and is not a {kind} directory (no {marker}); "
+        raise OutputPathError(f"{what}: cannot write {target}: it exists and is not a {kind} directory (no {marker}); "
                               "refusing to replace it")
 
 

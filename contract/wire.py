@@ -120,12 +120,30 @@ class FrameDecoder:
     ``max_payload`` bytes, or a frame whose CRC fails, is discarded and the
     hunt restarts at the byte after its start marker, so a marker inside
     garbage never swallows the real frame that follows.
+
+    ``payload_limits`` (frame type -> most payload bytes), when given, is
+    the set of frames expected: a header of any other type, or longer than
+    its type allows, is discarded as soon as it is in, without waiting for
+    or checking a payload.  Each candidate start marker costs at most its
+    type's limit in CRC work, so decoding is linear in the input with that
+    limit as the constant: a client that knows its answers (the host's
+    :class:`ttfs.hw.board.host.BoardClient` does) decodes any garbage in
+    bounded time per byte.  After garbage, a valid frame comes out once at
+    most the longest limit plus :data:`HEADER_BYTES` + :data:`CRC_BYTES`
+    further bytes have arrived (a false header may announce that much).
     """
 
-    def __init__(self, max_payload: int = MAX_PAYLOAD):
+    def __init__(self, max_payload: int = MAX_PAYLOAD, payload_limits: dict[int, int] | None = None):
         self.max_payload = max_payload
+        self.payload_limits = payload_limits
         self.buffer = bytearray()
         self.discarded = 0
+
+    def _limit(self, kind: int) -> int:
+        """Most payload bytes a frame of type ``kind`` may have (-1: no such frame is expected)."""
+        if self.payload_limits is None:
+            return self.max_payload
+        return min(self.max_payload, self.payload_limits.get(kind, -1))
 
     def feed(self, data: bytes) -> list[Frame]:
         """Add received bytes; return the frames they complete, in order."""
@@ -143,7 +161,7 @@ class FrameDecoder:
             if len(self.buffer) < HEADER_BYTES:
                 return frames
             length = int.from_bytes(self.buffer[3:5], "little")
-            if length > self.max_payload:
+            if length > self._limit(self.buffer[2]):
                 self._skip_marker()
                 continue
             total = HEADER_BYTES + length + CRC_BYTES
@@ -195,6 +213,17 @@ class SelftestAnswer:
     def ok(self) -> bool:
         """True when every self-test image got its expected class."""
         return self.images > 0 and self.passed == self.images
+
+
+def answer_payload_limits(info: LinkInfo) -> dict[int, int]:
+    """The answers a host can receive, with their longest payloads (for :class:`FrameDecoder`)."""
+    return {
+        CLASSIFY | ANSWER_FLAG: classify_payload_bytes(info),
+        STATUS | ANSWER_FLAG: STATUS_BYTES,
+        VERSION | ANSWER_FLAG: VERSION_BYTES,
+        SELFTEST | ANSWER_FLAG: 2 + 255,
+        ERROR: 2,
+    }
 
 
 def logit_bytes_for(bits: int) -> int:

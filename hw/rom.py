@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from ttfs.contract.bundle import Layer
+from ttfs.contract.paths import inside
 from ttfs.contract.readmemh import format_words
 from ttfs.hw.errors import HardwareError
 
@@ -102,6 +103,7 @@ def write_rom_images(layer: Layer, lanes: int, directory: str | os.PathLike) -> 
     directory.mkdir(parents=True, exist_ok=True)
     paths = {}
     for kind, text in texts.items():
-        paths[kind] = directory / f"{layer.name}.{kind}.p{geometry.lanes}.hex"
+        # The name comes from a bundle: the file must stay inside the directory, whatever the name.
+        paths[kind] = inside(directory, f"{layer.name}.{kind}.p{geometry.lanes}.hex")
         paths[kind].write_text(text, encoding="ascii")
     return paths

@@ -464,27 +464,6 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 # sweep
 
 
-def parse_int_list(text: str) -> list[int]:
-    """"2..8" (inclusive range) or "4,8,16" or a mix "2..4,8" as a list of integers."""
-    values: list[int] = []
-    try:
-        for part in (p.strip() for p in text.split(",")):
-            if not part:
-                continue
-            if ".." in part:
-                low, high = (int(v) for v in part.split("..", 1))
-                if high < low:
-                    raise ValueError
-                values.extend(range(low, high + 1))
-            else:
-                values.append(int(part))
-    except ValueError:
-        raise ExportError(f"{text!r} is not a list like 2..8 or 4,8,16") from None
-    if not values:
-        raise ExportError(f"{text!r} names no values")
-    return values
-
-
 def sweep(
     run_dir: str | Path,
     weight_bits: Sequence[int],

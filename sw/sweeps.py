@@ -9,10 +9,13 @@ point: the point's settings, then what was measured there.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ttfs.contract.reports import write_file
 
 Row = dict[str, Any]
 
@@ -113,4 +116,6 @@ def plot(path: str | Path, panels: Sequence[Panel], *, title: str = "", panel_si
         axes.grid(alpha=0.3)
     if title:
         figure.suptitle(title)
-    figure.savefig(path, dpi=100)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=100)
+    write_file(path, image.getvalue(), what=str(path))

@@ -40,8 +40,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from ttfs.contract.datasets import Dataset, DatasetError, check_dataset_name, is_image_folder, load_dataset, load_for_input
+from ttfs.contract.datasets import (
+    Dataset,
+    DatasetError,
+    check_dataset_name,
+    is_image_folder,
+    load_dataset,
+    load_for_input,
+    user_data_path,
+)
 from ttfs.contract.errors import TTFSError
+from ttfs.contract.paths import RUN, check_output
 from ttfs.sw import distributed, finetune, fitting, folding, models, vgg
 from ttfs.sw.conv import ConvError, TTFSLayerNetwork
 from ttfs.sw.models import TTFSNetwork
@@ -481,6 +490,8 @@ def train_run(
         raise TrainingError(str(err)) from None
     config["name"] = run_name(config)
     run_dir = Path(config["out"] or Path("runs") / config["name"])
+    check_output(run_dir, "--out", kind=RUN,
+                 inputs=[config["init"], user_data_path(config["dataset"]), config["data_dir"]])
     config["out"] = str(run_dir)
     config["train_images"] = len(train_set.labels)
     config["test_images"] = len(test_set.labels)

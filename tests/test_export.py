@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from ttfs.cli import main as cli
+from ttfs.cli.parser import int_list
 from ttfs.contract.bundle import load_bundle
 from ttfs.contract.datasets import load_dataset
 from ttfs.contract.errors import TTFSError
@@ -158,13 +160,15 @@ def test_cli_sweep_writes_json_and_png(tiny_run, tmp_path, capsys):
     assert "T=8" in capsys.readouterr().out
 
 
-def test_parse_int_list():
-    assert export.parse_int_list("2..8") == [2, 3, 4, 5, 6, 7, 8]
-    assert export.parse_int_list("4,8,16") == [4, 8, 16]
-    assert export.parse_int_list("2..3,8") == [2, 3, 8]
-    for bad in ("", "a", "8..2", "2..x"):
-        with pytest.raises(export.ExportError):
-            export.parse_int_list(bad)
+def test_int_list_option():
+    parse = int_list(2, 16)
+    assert parse("2..8") == [2, 3, 4, 5, 6, 7, 8]
+    assert parse("4,8,16") == [4, 8, 16]
+    assert parse("2..3,8") == [2, 3, 8]
+    # Bounds are checked before a range is expanded: a huge range is refused at once.
+    for bad in ("", "a", "8..2", "2..x", "2..300000000", "1..4", "2..16,2..16"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(bad)
     assert issubclass(export.ExportError, TTFSError)
 
 

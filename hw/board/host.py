@@ -24,9 +24,7 @@ from ttfs.contract.wire import (
     ERROR,
     SELFTEST,
     STATUS,
-    STATUS_BYTES,
     VERSION,
-    VERSION_BYTES,
     BoardRejected,
     ClassifyAnswer,
     Frame,
@@ -35,7 +33,7 @@ from ttfs.contract.wire import (
     LinkInfo,
     LinkTimeout,
     SelftestAnswer,
-    classify_payload_bytes,
+    answer_payload_limits,
     describe_error,
     encode_frame,
     parse_classify,
@@ -119,7 +117,7 @@ class BoardClient:
         self.info = info
         self.timeout = timeout
         # No answer is longer than this; a corrupt length beyond it is skipped at once.
-        self.decoder = FrameDecoder(max(classify_payload_bytes(info), STATUS_BYTES, VERSION_BYTES, 2 + 255))
+        self.decoder = FrameDecoder(payload_limits=answer_payload_limits(info))
         self.seq = 0
         self.stray: list[Frame] = []
         self.errors: list[Frame] = []

@@ -32,6 +32,8 @@ from xml.etree import ElementTree
 import numpy as np
 from ttfs.contract.bundle import Bundle, bundle_fingerprint, save_bundle
 from ttfs.contract.errors import TTFSError
+from ttfs.contract.jsonfile import JsonFileError, read_json
+from ttfs.contract.reports import write_json
 from ttfs.hw.core import NetworkCore
 from ttfs.hw.verilog import MODULE_NAME, convert
 from ttfs.sim.golden import GoldenResult, as_image_batch
@@ -219,6 +221,18 @@ def _locked(directory: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _read_stamp(stamp: Path) -> dict | None:
+    """The build stamp's fields, or None when it is missing or unreadable (then the build is redone)."""
+    try:
+        saved = read_json(stamp)
+    except (FileNotFoundError, JsonFileError):
+        return None
+    fields = ("fingerprint", "result_fields", "trace_fields")
+    if not isinstance(saved, dict) or any(field not in saved for field in fields):
+        return None
+    return saved
+
+
 def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     try:
         text = path.read_text(errors="replace").splitlines()
@@ -248,6 +262,10 @@ def build_core(
     or :class:`SimulationError` (with the tail of the tool's log) otherwise.
     """
     check_simulator(simulator)
+    for option, value in (("lanes", lanes), ("pixels_per_beat", pixels_per_beat)):
+        # Checked before the build folder and its lock exist, so a bad value leaves nothing behind.
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SimulationError(f"{option}: {value!r} is not an integer >= 1")
     suffix = "-waves" if waves else ""
     directory = Path(out).resolve() / f"{name}-{lanes}-k{pixels_per_beat}-{simulator}{suffix}"
     fingerprint = hashlib.sha256(
@@ -256,11 +274,10 @@ def build_core(
     with _locked(directory):
         stamp = directory / "fingerprint.json"
         verilog_path = directory / f"{TOPLEVEL}.v"
-        if stamp.is_file() and _built_binary(directory, simulator).is_file():
-            saved = json.loads(stamp.read_text())
-            if saved.get("fingerprint") == fingerprint:
-                return CoreBuild(directory, simulator, lanes, pixels_per_beat, waves, verilog_path,
-                                 saved["result_fields"], saved["trace_fields"], 0.0, True)
+        saved = _read_stamp(stamp) if _built_binary(directory, simulator).is_file() else None
+        if saved is not None and saved["fingerprint"] == fingerprint:
+            return CoreBuild(directory, simulator, lanes, pixels_per_beat, waves, verilog_path,
+                             saved["result_fields"], saved["trace_fields"], 0.0, True)
         stamp.unlink(missing_ok=True)
         start = time.monotonic()
         text, result_fields, trace_fields = core_verilog(bundle, lanes, pixels_per_beat)
@@ -269,8 +286,8 @@ def build_core(
         if simulator == "verilator":
             _drop_intermediates(directory)
         seconds = time.monotonic() - start
-        stamp.write_text(json.dumps({"fingerprint": fingerprint, "result_fields": result_fields,
-                                     "trace_fields": trace_fields}))
+        write_json(stamp, {"fingerprint": fingerprint, "result_fields": result_fields,
+                           "trace_fields": trace_fields}, what="build stamp")
         return CoreBuild(directory, simulator, lanes, pixels_per_beat, waves, verilog_path,
                          result_fields, trace_fields, seconds, False)
 
