@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv sim test test-slow bench bitstream fixtures clean
+.PHONY: help venv sim test test-slow fuzz bench bitstream fixtures clean
 
 # make sim settings (override on the command line: make sim IMAGES=500 SIM=icarus)
 BUNDLE ?= fixtures/bundles/mnist-fc2
@@ -18,6 +18,8 @@ SIM    ?= verilator
 LANES  ?= 16
 INPUT  ?=
 WAVES  ?=
+# make fuzz: generated cases per hostile-input property
+FUZZ_EXAMPLES ?= 2000
 # make bitstream settings; BUNDLE and LANES default to the board's own choice
 BOARD  ?= arty
 
@@ -37,7 +39,7 @@ venv: $(STAMP) ## create or update the virtual environment in .venv
 
 sim: $(STAMP) ## check the core spike for spike against the golden model (BUNDLE, IMAGES, SIM, LANES, INPUT, WAVES=1)
 	$(BIN)/ttfs sim --bundle $(BUNDLE) --images $(IMAGES) --sim $(SIM) --lanes $(LANES) \
-	  $(if $(INPUT),--input $(INPUT)) $(if $(WAVES),--waves) --out build/sim
+	  $(if $(INPUT),--input '$(INPUT)') $(if $(WAVES),--waves) --out build/sim
 
 bitstream: $(STAMP) ## build a board's bitstream or Vivado tree and check the fit (BOARD=arty|arty-a7-100|ulx3s|icebreaker)
 	$(BIN)/ttfs bitstream $(BOARD) $(if $(filter command line,$(origin BUNDLE)),--bundle $(BUNDLE)) \
@@ -49,6 +51,9 @@ test: $(STAMP) ## run the test suite (what CI runs): the import-layer contracts,
 
 test-slow: $(STAMP) ## run only the long tests marked slow
 	$(BIN)/python -m pytest -n $(JOBS) -m slow
+
+fuzz: $(STAMP) ## the hostile-input suite with many more generated cases (FUZZ_EXAMPLES, default 2000 per property)
+	TTFS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -n $(JOBS) tests/test_hostile.py -p no:cacheprovider
 
 bench: $(STAMP) ## print the performance figures (golden-model throughput, SNN/ReLU epoch time, ...)
 	$(BIN)/ttfs bench golden

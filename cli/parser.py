@@ -104,7 +104,7 @@ def bounded_float(low: float, high: float, *, low_open: bool = False, high_open:
         below = value < high if high_open else value <= high
         if not (math.isfinite(value) and above and below):
             interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number in {interval}")
+            raise argparse.ArgumentTypeError(f"{text} is not a number in {interval}")
         return value
 
     return parse

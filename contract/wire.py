@@ -113,6 +113,14 @@ class Frame:
     payload: bytes
 
 
+#: Every frame type of the protocol (requests, their answers, ERROR) with its longest payload.
+FRAME_TYPES = {
+    **{kind: MAX_PAYLOAD for kind in (CLASSIFY, STATUS, VERSION, SELFTEST)},
+    **{kind | ANSWER_FLAG: MAX_PAYLOAD for kind in (CLASSIFY, STATUS, VERSION, SELFTEST)},
+    ERROR: 2,
+}
+
+
 class FrameDecoder:
     """Bytes in, complete frames out; skips garbage and resynchronises.
 
@@ -121,10 +129,11 @@ class FrameDecoder:
     hunt restarts at the byte after its start marker, so a marker inside
     garbage never swallows the real frame that follows.
 
-    ``payload_limits`` (frame type -> most payload bytes), when given, is
-    the set of frames expected: a header of any other type, or longer than
-    its type allows, is discarded as soon as it is in, without waiting for
-    or checking a payload.  Each candidate start marker costs at most its
+    ``payload_limits`` (frame type -> most payload bytes) is the set of
+    frames expected, by default every request and answer type of the
+    protocol (:data:`FRAME_TYPES`; None: any type): a header of any other
+    type, or longer than its type allows, is discarded as soon as it is in,
+    without waiting for or checking a payload.  Each candidate start marker costs at most its
     type's limit in CRC work, so decoding is linear in the input with that
     limit as the constant: a client that knows its answers (the host's
     :class:`ttfs.hw.board.host.BoardClient` does) decodes any garbage in
@@ -133,7 +142,7 @@ class FrameDecoder:
     further bytes have arrived (a false header may announce that much).
     """
 
-    def __init__(self, max_payload: int = MAX_PAYLOAD, payload_limits: dict[int, int] | None = None):
+    def __init__(self, max_payload: int = MAX_PAYLOAD, payload_limits: dict[int, int] | None = FRAME_TYPES):
         self.max_payload = max_payload
         self.payload_limits = payload_limits
         self.buffer = bytearray()

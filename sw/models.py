@@ -40,6 +40,8 @@ from typing import Any
 import torch
 from torch import nn
 from ttfs.contract.errors import TTFSError
+from ttfs.contract.jsonfile import JsonFileError, read_json
+from ttfs.contract.npz import NpzError, check_regular_file
 from ttfs.sw import vgg
 from ttfs.sw.conv import ConvError, TTFSLayerNetwork
 from ttfs.sw.ttfs import (
@@ -199,9 +201,11 @@ def build_network(sizes: Sequence[int], *, seed: int, dtype: torch.dtype, window
 def read_json_object(path: Path, error: type[TTFSError], expected: str = "a JSON object") -> dict[str, Any]:
     """The JSON object in ``path``; otherwise ``error`` naming the path and what is wrong."""
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise error(f"{path}: not readable JSON ({err})") from None
+        document = read_json(path)
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except JsonFileError as err:
+        raise error(str(err)) from None
     if not isinstance(document, dict):
         raise error(f"{path}: expected {expected}")
     return document
@@ -283,9 +287,15 @@ def load_run(run_dir: str | Path) -> tuple[TTFSNetwork, dict[str, Any]]:
     if not path.is_file():
         raise ModelError(f"{path}: missing checkpoint")
     try:
+        check_regular_file(path, str(path))
+    except NpzError as err:
+        raise ModelError(str(err)) from None
+    try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt or unsafe files
-        raise ModelError(f"{path}: not a readable weights-only checkpoint ({type(err).__name__}: {err})") from None
+        # torch's message goes on for lines of advice (weights_only=False among them): keep its first line.
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise ModelError(f"{path}: not a readable weights-only checkpoint ({type(err).__name__}: {reason})") from None
     if not isinstance(state, dict):
         raise ModelError(f"{path}: expected a state_dict, got {type(state).__name__}")
     expected = model.state_dict()

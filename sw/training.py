@@ -473,6 +473,11 @@ def train_run(
     device = processes.device if processes is not None else distributed.resolve_device(config["device"])
     main = processes is None or processes.main
     init_config = models.read_config(config["init"]) if config["mode"] in INIT_MODES else None
+    # The output is checked before any work (the name depends on the settings only, not on the data).
+    config["name"] = run_name(config)
+    run_dir = Path(config["out"] or Path("runs") / config["name"])
+    check_output(run_dir, "--out", kind=RUN,
+                 inputs=[config["init"], user_data_path(config["dataset"]), config["data_dir"]])
     train_set, test_set = _load_training_data(config)
     if init_config is not None:
         for key in ("input_shape", "arch", "layers", "widths", "classes"):
@@ -488,10 +493,6 @@ def train_run(
             sizes = models.layer_sizes(channels * height * width, config["widths"], len(config["classes"]))
     except (models.ModelError, ConvError) as err:
         raise TrainingError(str(err)) from None
-    config["name"] = run_name(config)
-    run_dir = Path(config["out"] or Path("runs") / config["name"])
-    check_output(run_dir, "--out", kind=RUN,
-                 inputs=[config["init"], user_data_path(config["dataset"]), config["data_dir"]])
     config["out"] = str(run_dir)
     config["train_images"] = len(train_set.labels)
     config["test_images"] = len(test_set.labels)

@@ -145,7 +145,7 @@ def test_cli_export_prints_a_table_and_reports_errors_in_one_line(tiny_run, tmp_
     assert load_bundle(out).time_steps == 4
     status = cli.main(["export", str(tiny_run), "--weight-bits", "20", "--time-steps", "4", "--out", str(tmp_path / "x")])
     error = capsys.readouterr().err
-    assert status == 2 and "weight bits: 20" in error and len(error.strip().splitlines()) == 1
+    assert status == 2 and "--weight-bits: 20 is outside 2..16" in error and len(error.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
 
 

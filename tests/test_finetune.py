@@ -249,9 +249,9 @@ def test_named_vgg16_layout_brings_its_dense_head():
         (["train", "--arch", "vgg", "--layers", "16,P", "--batch-norm", "after"], "batch norm exists only in the ReLU twin"),
         (["train", "--layers", "16,P"], "need arch vgg"),
         (["train", "--arch", "vgg", "--layers", "16,X"], "neither a channel count"),
-        (["train", "--mode", "finetune", "--init", "runs/x", "--weight-bits", "1"], "weight bits: 1"),
+        (["train", "--mode", "finetune", "--init", "runs/x", "--weight-bits", "1"], "--weight-bits: 1 is outside 2..16"),
         (["eval", "runs/x", "--noise", "0.01", "-0.5"], "noise: -0.5"),
-        (["eval", "runs/x", "--weight-bits", "4", "17"], "weight bits: 17"),
+        (["eval", "runs/x", "--weight-bits", "4", "17"], "--weight-bits: 17 is outside 2..16"),
     ],
 )
 def test_cli_refuses_bad_conv_and_hardware_settings(capsys, argv, message):

@@ -322,7 +322,7 @@ def test_cli_hw_verilog(tmp_path, bundle_dir, capsys):
 def test_cli_hw_verilog_bad_lanes_writes_nothing(tmp_path, bundle_dir, capsys):
     out = tmp_path / "verilog"
     assert cli.main(["hw", "verilog", str(bundle_dir), "--lanes", "0", "--out", str(out)]) == 2
-    assert "lanes: 0" in capsys.readouterr().err
+    assert "--lanes: 0 is outside 1..4096" in capsys.readouterr().err
     # No output and no leftover staging directory.
     assert sorted(path.name for path in tmp_path.iterdir()) == [bundle_dir.name]
 

@@ -76,7 +76,7 @@ def test_decoder_resynchronises_through_garbage_and_corruption():
         stream += corrupt
         stream += encode_frame(frame.seq, frame.kind, frame.payload)[:4]
         stream += encode_frame(frame.seq, frame.kind, frame.payload)
-    decoder = FrameDecoder(max_payload=64)
+    decoder = FrameDecoder(max_payload=64, payload_limits=None)  # the frames' types are random
     decoded = []
     # Byte by byte and in odd chunks alike.
     position = 0
@@ -305,7 +305,7 @@ def test_answerer_frames_decode_on_the_host():
     received = bytearray(sink.beats)
     expected = b"".join(encode_frame(f.seq, f.kind, f.payload) for f in answers)
     assert bytes(received) == expected
-    assert FrameDecoder().feed(bytes(received)) == answers
+    assert FrameDecoder(payload_limits=None).feed(bytes(received)) == answers  # random types
 
 
 def test_cli_reports_a_silent_board(tmp_path, capsys):
