@@ -54,15 +54,19 @@ def parse_widths(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
 
 
+#: Largest image side or channel count an option may name.
+MAX_IMAGE_SIDE = 65536
+
+
 def parse_ints(count: int, what: str):
-    """An argument type reading ``count`` comma-separated positive integers ("1,28,28")."""
+    """An argument type reading ``count`` comma-separated integers in 1..MAX_IMAGE_SIDE ("1,28,28")."""
 
     def parse(text: str) -> list[int]:
         try:
             values = [int(part) for part in text.split(",")]
         except ValueError:
             values = []
-        if len(values) != count or min(values) < 1:
+        if len(values) != count or min(values) < 1 or max(values) > MAX_IMAGE_SIDE:
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
         return values
 
@@ -70,11 +74,14 @@ def parse_ints(count: int, what: str):
 
 
 def parse_floats(text: str) -> list[float]:
-    """Numbers from one command-line word: "0.5" or "0.485,0.456,0.406"."""
+    """Finite numbers from one command-line word: "0.5" or "0.485,0.456,0.406"."""
     try:
-        return [float(part) for part in text.split(",")]
+        values = [float(part) for part in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+        values = []
+    if not values or not all(math.isfinite(value) for value in values):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of finite numbers")
+    return values
 
 
 def bounded_int(low: int, high: int):

@@ -64,7 +64,8 @@ def run_eval(args: argparse.Namespace) -> int:
     # The run's own files are inputs; a new file beside them (the default plot) is not.
     read = [Path(args.run) / models.CONFIG_FILE, Path(args.run) / models.CHECKPOINT_FILE,
             user_data_path(args.dataset), args.data_dir]
-    for option, path in (("--json", args.json), ("--plot", args.plot)):
+    sweeping = bool(args.noise or args.time_steps or args.weight_bits)
+    for option, path in (("--json", args.json), ("--plot", sweep_plot_path(args) if sweeping else None)):
         if path:
             check_output(path, option, inputs=read)
     device = distributed.resolve_device(args.device)
@@ -99,6 +100,11 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(f"wrote {write_json(args.json, report)}")
     return 0
+
+
+def sweep_plot_path(args: argparse.Namespace) -> Path:
+    """Where ``ttfs eval`` draws its sweeps: --plot, by default RUN/sweep-SPLIT.png."""
+    return Path(args.plot) if args.plot else Path(args.run) / f"sweep-{args.split}.png"
 
 
 def check_sweep_values(args: argparse.Namespace) -> None:
@@ -137,7 +143,7 @@ def run_sweeps(args: argparse.Namespace, model, config: dict, images, labels, re
         print()
         for line in finetune.sweep_table(result):
             print(line)
-    plot = Path(args.plot) if args.plot else Path(args.run) / f"sweep-{args.split}.png"
+    plot = sweep_plot_path(args)
     finetune.plot_sweeps(results, str(plot), title=f"{args.run} ({args.split})")
     report["sweeps"] = results
     print(f"wrote {plot}")
