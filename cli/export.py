@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+
 from ttfs.contract.paths import BUNDLE, check_output
 from ttfs.contract.reports import write_json
 from ttfs.sw import export

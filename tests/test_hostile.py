@@ -318,7 +318,7 @@ def test_sweep_range_is_bounded_before_the_list_is_built(tmp_path):
     lambda out, bundle: ["train", "--epochs", "1", "--widths", "4", "--out", out],
     lambda out, bundle: ["sweep", str(bundle), "--json", out],
     lambda out, bundle: ["sweep", str(bundle), "--png", out],
-    lambda out, bundle: ["eval", str(bundle), "--plot", out],
+    lambda out, bundle: ["eval", str(bundle), "--noise", "0", "--plot", out],
     lambda out, bundle: ["eval", str(bundle), "--json", out],
 ], ids=["hw-verilog", "golden", "sim", "bitstream", "export", "train", "sweep-json", "sweep-png", "eval-plot",
         "eval-json"])

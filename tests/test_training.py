@@ -56,7 +56,7 @@ def test_read_config_file_errors(tmp_path):
     with pytest.raises(training.TrainingError, match="no such config file"):
         training.read_config_file(path)
     path.write_text("{not json")
-    with pytest.raises(training.TrainingError, match="not readable JSON"):
+    with pytest.raises(training.TrainingError, match="invalid JSON"):
         training.read_config_file(path)
     path.write_text(json.dumps({"epochs": 2, "learning_rate": 1}))
     with pytest.raises(training.TrainingError, match="unknown setting.*learning_rate"):
