@@ -38,6 +38,11 @@ MAX_ARRAY_BYTES = 1 << 30
 MAX_HEADER_BYTES = 1 << 16
 
 
+# What a corrupt or hostile archive makes zipfile and numpy raise: a flipped byte may name an
+# unknown compression method (NotImplementedError) or claim encryption (RuntimeError).
+_ARCHIVE_ERRORS = (ValueError, OSError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)
+
+
 class NpzError(TTFSError):
     """An archive that cannot be read safely: not a file, not a zip, a lying or oversized member."""
 
@@ -88,7 +93,7 @@ class NpzReader:
         check_regular_file(self.path, self.what)
         try:
             self._zip = zipfile.ZipFile(self.path)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        except _ARCHIVE_ERRORS as err:
             with open(self.path, "rb") as handle:
                 single = handle.read(6) == b"\x93NUMPY"
             if single:
@@ -132,7 +137,7 @@ class NpzReader:
                 if reader is None:
                     raise ValueError(f"unsupported .npy format version {version}")
                 shape, fortran_order, dtype = reader(member, max_header_size=MAX_HEADER_BYTES)
-        except (ValueError, OSError, zipfile.BadZipFile, zlib.error, EOFError, SyntaxError) as err:
+        except (*_ARCHIVE_ERRORS, SyntaxError) as err:
             raise NpzError(f"{self._label(name)}: unreadable array header ({err})") from None
         return ArrayHeader(tuple(int(d) for d in shape), np.dtype(dtype), bool(fortran_order))
 
@@ -156,7 +161,7 @@ class NpzReader:
         try:
             with self._zip.open(self._members[name]) as member:
                 array = np.lib.format.read_array(member, allow_pickle=False)
-        except (ValueError, OSError, zipfile.BadZipFile, zlib.error, EOFError) as err:
+        except _ARCHIVE_ERRORS as err:
             raise NpzError(f"{label}: corrupt ({err})") from None
         return array
 

@@ -283,6 +283,20 @@ def test_bare_npy_header_declaring_terabytes_is_refused(bundle, tmp_path):
     assert peak < MEMORY_LIMIT_BYTES
 
 
+@pytest.mark.parametrize("method", [99, 12])  # an unknown compression method, and bzip2 over plain bytes
+def test_input_with_a_corrupt_compression_method_is_one_line(bundle, tmp_path, method):
+    # Found by the fuzz run: zipfile raises NotImplementedError for a method it does not know.
+    buffer = io.BytesIO()
+    np.savez(buffer, images=np.zeros((2, 28, 28), np.uint8))
+    data = bytearray(buffer.getvalue())
+    for signature, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        at = data.index(signature) + offset
+        data[at:at + 2] = method.to_bytes(2, "little")
+    (tmp_path / "in.npz").write_bytes(bytes(data))
+    status, _, err = run_in_process(["golden", str(bundle), "--input", str(tmp_path / "in.npz")])
+    assert_clean_refusal(status, err, "in.npz")
+
+
 def test_network_json_linked_to_dev_zero_is_refused(bundle, tmp_path):
     (bundle / "network.json").unlink()
     (bundle / "network.json").symlink_to("/dev/zero")
