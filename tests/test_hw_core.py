@@ -18,6 +18,7 @@ from streams import StreamSink, StreamSource, hold_reset, run_for, run_testbench
 from ttfs.cli import main as cli
 from ttfs.contract.bundle import load_bundle
 from ttfs.contract.streams import EventBeat, TraceSplitter, pixel_beats
+import ttfs.hw.core
 from ttfs.hw.core import NetworkCore
 from ttfs.hw.errors import HardwareError
 from ttfs.hw.register_slice import RegisterSlice
@@ -60,6 +61,19 @@ def test_core_random_bundles(seed):
     images = random_images(rng, bundle, 4)
     run = simulate_core(core, images, rng, gap=0.3, stall=0.3, trace_stall=0.3)
     assert_matches_golden(bundle, images, run)
+
+
+@pytest.mark.parametrize("seed, lanes", [(0, 2), (1, 8)])
+def test_core_random_conv_bundles(seed, lanes):
+    """Version-2 bundles (conv2d layers, then dense layers and the readout) through the
+    whole core, with input gaps and result and trace back-pressure."""
+    rng = np.random.default_rng(500 + seed)
+    bundle = random_conv_bundle(rng, input_shape=(int(rng.integers(1, 3)), 6, 5), time_steps=4)
+    core = NetworkCore(bundle, lanes, pixels_per_beat=2)
+    images = random_images(rng, bundle, 3)
+    run = simulate_core(core, images, rng, gap=0.3, stall=0.3, trace_stall=0.3)
+    assert_matches_golden(bundle, images, run)
+    assert any(layer.is_conv for layer in bundle.hidden_layers)
 
 
 @pytest.mark.parametrize("name", EDGE_FIXTURES)
@@ -279,14 +293,19 @@ def test_core_rejects_bad_parameters(kwargs, message):
         NetworkCore(bundle, **kwargs)
 
 
-def test_a_refused_core_leaves_no_unused_warning():
-    """A bundle the core refuses after building some blocks (a conv2d layer after the
-    encoder) raises its one error and leaves no "created but never used" warning."""
+def test_a_refused_core_leaves_no_unused_warning(monkeypatch):
+    """A core refused after building some blocks (here the readout refuses, after the
+    encoder and a conv engine) raises its one error and leaves no "created but never
+    used" warning."""
+    def refusing_readout(layer, time_steps, lanes):
+        raise HardwareError(f"layer {layer.name!r}: refused")
+
+    monkeypatch.setattr(ttfs.hw.core, "Readout", refusing_readout)
     # Amaranth warns about unused elaboratables only once anything has been elaborated.
     Fragment.get(RegisterSlice(stream.Signature(1)), None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with pytest.raises(HardwareError, match="kind 'conv2d' is not supported"):
+        with pytest.raises(HardwareError, match="refused"):
             NetworkCore(random_conv_bundle(1), 4)
         gc.collect()
     assert [str(w.message) for w in caught if issubclass(w.category, UnusedElaboratable)] == []
