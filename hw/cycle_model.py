@@ -24,15 +24,16 @@ A conv2d layer n (:class:`ttfs.hw.conv.ConvEngine`, lanes over its O_n output
 channels, G_n = ceil(O_n / P_n), NP_n = H_out * W_out positions, kernel k_n,
 pooled map H_pool x W_pool of pool p_n) replaces the hidden-layer terms by::
 
-    I_n      = E_{n-1} * (2 + k_n^2 * G_n)           accept + input ROM + taps per spike
-             + T * (1 + NP_n * G_n)                  accept + sweep of every row per tick
+    I_n      = E_{n-1} * (2 + k_n^2 * G_n) + T       accept + input ROM + taps per spike,
+                                                     one cycle per tick
     F_n      = G_n * H_pool * W_pool * p_n^2         firing-pass reads
     W_n      = E_n + T                               its window (1 beat/cycle)
-    latency += 1 + max(W_{n-1}, I_n) + 8 + F_n       link, integrate, close, pass, emit
+    latency += 1 + max(W_{n-1}, I_n) + 9 + F_n       link, integrate, close, pass, emit
 
 (the first image after a reset can take longer: a conv engine's clearing pass
-is NP_n * G_n cycles).  A conv engine always takes a beat slower than its
-producer offers it, so its term is exact; the tests check it cycle for cycle.
+is NP_n * G_n cycles).  The tests check the conv terms cycle for cycle on
+random bundles; where a producer is slow in turns (a window's ticks come
+faster than its spikes) ``max`` is an approximation, as for dense layers.
 
 where D_L = ceil(log2 P_L) is the readout's registered argmax tree
 (:func:`ttfs.hw.readout.argmax_levels`; 0 with one lane) and each "link" is the
@@ -67,17 +68,17 @@ from ttfs.hw.rom import LaneGeometry, lane_neurons
 
 
 # Cycles a conv engine adds from its last input beat taken to its first output
-# beat, besides the firing pass's reads: 4 until the closing row is written,
-# 1 to start the pass, 2 from its last read to its last append, 1 to mark the
-# step lists filled (then the emitter loads step 0 with the first beat).
-CONV_FIRE_DELAY = 8
+# beat, besides the firing pass's reads: 4 until the closing tick is written,
+# 1 to start the pass, 3 from its last read to its last append (read, sum,
+# maximum), 1 to mark the step lists filled (then the emitter loads step 0
+# with the first beat).
+CONV_FIRE_DELAY = 9
 
 
 def conv_integration(layer, groups: int, input_spikes: int, steps: int) -> int:
     """Cycles a ConvEngine takes to integrate a window of ``input_spikes``: each spike
-    its accept and input-ROM cycles and k*k*G taps, each tick its accept and NP*G rows."""
-    _, out_height, out_width = layer.conv_shape
-    return input_spikes * (2 + layer.kernel_size ** 2 * groups) + steps * (1 + out_height * out_width * groups)
+    its accept and input-ROM cycles and k*k*G taps, each tick one cycle."""
+    return input_spikes * (2 + layer.kernel_size ** 2 * groups) + steps
 
 
 def firing_pass_reads(layer, groups: int) -> int:
