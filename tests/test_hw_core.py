@@ -16,7 +16,7 @@ from amaranth.lib import stream
 from amaranth.sim import Simulator
 from streams import StreamSink, StreamSource, hold_reset, run_for, run_testbench, run_until
 from ttfs.cli import main as cli
-from ttfs.contract.bundle import load_bundle
+from ttfs.contract.bundle import load_bundle, save_bundle
 from ttfs.contract.streams import EventBeat, TraceSplitter, pixel_beats
 import ttfs.hw.core
 from ttfs.hw.core import NetworkCore
@@ -336,6 +336,18 @@ def test_cli_hw_verilog(tmp_path, bundle_dir, capsys):
     assert cli.main(["hw", "verilog", str(bundle_dir), "--lanes", "3", "--out", str(out)]) == 2
     assert "exists and is not an empty directory" in capsys.readouterr().err
     assert sorted(path.name for path in out.iterdir()) == names
+
+
+def test_cli_hw_verilog_on_a_conv_bundle(tmp_path):
+    bundle = random_conv_bundle(4, input_shape=(1, 5, 5), convs=[(3, 3, "same", 2)], dense=[2], time_steps=4)
+    bundle_path = save_bundle(bundle, tmp_path / "bundle")
+    out = tmp_path / "verilog"
+    assert cli.main(["hw", "verilog", str(bundle_path), "--lanes", "2", "--out", str(out)]) == 0
+    assert {"conv1.weight.p2.hex", "conv1.bias.p2.hex", "out.weight.p2.hex"} <= {p.name for p in out.iterdir()}
+    assert len((out / "conv1.weight.p2.hex").read_text().split()) == 1 * 9 * 2    # C*k*k*G words
+    conv = json.loads((out / "ports.json").read_text())["parameters"]["layers"][0]
+    assert conv["kind"] == "conv2d" and conv["output_shape"] == [3, 2, 2] and conv["conv_shape"] == [3, 5, 5]
+    assert "module ttfs_core(" in (out / "ttfs_core.v").read_text()
 
 
 def test_cli_hw_verilog_bad_lanes_writes_nothing(tmp_path, bundle_dir, capsys):
