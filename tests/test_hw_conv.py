@@ -10,7 +10,6 @@ pooled events), window for window.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from streams import event_beats, simulate, simulate_with_reset
 from test_golden_conv import WORKED_IMAGE, conv_worked_example
