@@ -392,8 +392,9 @@ class ConvEngine(wiring.Component):
     P * weight_bits; bias ROM: G words (per channel) or NP*G (per position);
     bit planes: 2 banks of NP*G rows of P lanes x bits_for(T) planes x
     slope_bits, one memory per bank and lane;
-    step lists: per lane, 2 buffers of 3T heads and tails and G * 2**ceil(log2(H_pool*W_pool))
-    next-pointers.
+    step lists: per lane, 2 buffers of 3T heads and tails and 2**:func:`pooled_node_bits`
+    next-pointers (a node is Cat(pooled position, group), each part rounded up to
+    a power of two).
     """
 
     def __init__(self, layer: Layer, time_steps: int, lanes: int):
