@@ -1,13 +1,15 @@
 """NetworkCore: the whole network of a bundle as one streaming circuit.
 
 ```
-pixels -> InputEncoder -> | -> [tap 0] -> LayerEngine 1 -> | -> [tap 1] -> ... -> Readout -> result
+pixels -> InputEncoder -> | -> [tap 0] -> engine 1 -> | -> [tap 1] -> ... -> Readout -> result
                                   |                               |
                                   +---------> TraceMerge <--------+         (trace=True)
                                           |
                                           +--> trace
 ```
 
+Engine n is a :class:`ttfs.hw.conv.ConvEngine` for a conv2d layer (they come
+first, contract v2) and a :class:`ttfs.hw.layer.LayerEngine` for a dense one.
 Every block talks the event protocol of :mod:`ttfs.hw.events` over
 ``amaranth.lib.stream`` handshakes, each link through a
 :class:`ttfs.hw.register_slice.RegisterSlice` (``|`` above; one cycle), so the
@@ -25,8 +27,8 @@ image driven after it is exact.  All control state is registers, and the
 state kept in memories is either rewritten before it is read (potentials,
 list heads and tails, the start-time FIFO behind its reset pointers) or
 cleared: the encoder's list flags are registers, and each integrator's
-first G_n cycles after ``rst`` (and after power-up) are a pass that zeroes
-its slope memory, with its input not ready.  The input is ready in the
+first G_n cycles (a conv engine's NP_n * G_n) after ``rst`` (and after
+power-up) are a pass that zeroes its slope memory, with its input not ready.  The input is ready in the
 first cycle after ``rst``; the clearing passes overlap the first image's
 input and delay it only where a layer's G_n is longer than its first input
 beat takes to reach it (at least B + 3 cycles for layer 1).
@@ -41,6 +43,7 @@ from amaranth.lib.wiring import In, Out
 from ttfs.contract.bundle import validate
 from ttfs.contract.errors import TTFSError
 from ttfs.contract.streams import beats_per_image
+from ttfs.hw.conv import ConvEngine
 from ttfs.hw.encoder import InputEncoder, pixel_signature
 from ttfs.hw.errors import HardwareError
 from ttfs.hw.layer import LayerEngine
@@ -59,14 +62,15 @@ def network_trace_layout(bundle) -> data.StructLayout:
 
 
 class NetworkCore(wiring.Component):
-    """Encoder, hidden LayerEngines and Readout of a bundle, chained by event streams.
+    """Encoder, hidden ConvEngines and LayerEngines and Readout of a bundle, chained by event streams.
 
     Parameters
     ----------
     bundle : ttfs.contract.bundle.Bundle
         Any bundle the contract allows.
     lanes : int
-        P: each layer integrates ``min(P, outputs)`` neurons in parallel.
+        P: each dense layer integrates ``min(P, outputs)`` neurons in parallel,
+        each conv2d layer ``min(P, out_channels)`` channels of one position.
     pixels_per_beat : int
         K pixels per input beat.
     trace : bool
@@ -115,13 +119,16 @@ class NetworkCore(wiring.Component):
         self.encoder = InputEncoder(bundle, pixels_per_beat)
         self.engines = []
         for layer in bundle.hidden_layers:
-            self.engines.append(LayerEngine(layer, bundle.time_steps, lanes))
+            engine = ConvEngine if layer.is_conv else LayerEngine
+            self.engines.append(engine(layer, bundle.time_steps, lanes))
         self.readout = Readout(bundle.readout, bundle.time_steps, lanes)
         # Images that can be between the first pixel beat and the result: two
-        # in the encoder, up to two per layer (one integrating, one firing),
-        # one in each link's register slice (a window of T = 2 ticks fits
-        # there whole), one in the result register.
-        self.images_in_flight = 3 + 3 * len(bundle.layers)
+        # in the encoder, up to two per dense layer (one integrating, one
+        # firing) and four per conv2d layer (one integrating, one in its
+        # second potential bank, two in its step lists), one in each link's
+        # register slice (a window of T = 2 ticks fits there whole), one in
+        # the result register.
+        self.images_in_flight = 3 + sum(5 if layer.is_conv else 3 for layer in bundle.layers)
 
     def elaborate(self, platform):
         m = Module()

@@ -41,9 +41,10 @@ only read behind a set valid flag.  The encoder therefore needs no clearing
 pass and accepts pixels in the first cycle after ``rst`` falls.
 
 Parts: :class:`PixelLookup` (the LUT stages: beats in, each lane's spike and
-step out), one :class:`StepLists` per lane (the list builder and walker),
-:func:`smallest_index` (the K-way merge) and, in :class:`InputEncoder`, the
-emission sequencer and the buffer handshake.  The pixel beat format is
+step out), :class:`SortedWindowEmitter` (one :class:`StepLists` per lane, the
+list builder and walker, :func:`smallest_index`, the K-way merge, and the
+emission sequencer; the conv engine's firing path reuses it) and, in
+:class:`InputEncoder`, the buffer handshake.  The pixel beat format is
 described in :mod:`ttfs.contract.streams`.
 """
 
@@ -375,6 +376,118 @@ def smallest_index(candidates):
     return candidates[0]
 
 
+class SortedWindowEmitter(wiring.Component):
+    """Per-lane step lists (:class:`StepLists`, double-buffered) and their emission as one
+    canonical window: for each step, a K-way merge of the lanes' lists (smallest
+    neuron index first), then the step's tick.
+
+    Shared by the :class:`InputEncoder` (lanes = pixels of a beat) and the conv
+    engine's firing path (:class:`ttfs.hw.conv.ConvEngine`, lanes = output
+    channels).  The owner appends to one buffer while the other is emitted,
+    and says with ``filled`` which buffers hold a complete window.
+
+    Parameters
+    ----------
+    time_steps, lanes : int
+        T and K.
+    nodes : int
+        Nodes per lane (the depth of a lane's next-pointer memory).
+    width : int
+        Neurons of the window (the ``neuron`` field's range).
+    neuron_of : callable (lane, node) -> Value
+        The neuron index of lane ``lane``'s node; within a step, each lane's
+        appends must come in ascending neuron order.
+
+    Ports
+    -----
+    spike, step, node, buf : In
+        Lane k appends ``node`` to its list of step ``step[k]`` in buffer
+        ``buf`` when ``spike[k]``; nodes of one buffer are appended in
+        ascending neuron order per lane.
+    filled : In(2)
+        Buffer b holds a complete window (its last append is in).
+    emit_buf : Out(1)
+        The buffer emitted next (or being emitted).
+    window_out : Out(1)
+        The window of ``emit_buf`` leaves (its last tick moves) in this cycle;
+        ``emit_buf`` flips after it.
+    events : Out(event_signature(T, width))
+        ``1 + spikes + T`` cycles per window at full downstream speed (the 1
+        loads step 0).
+    """
+
+    def __init__(self, time_steps: int, lanes: int, nodes: int, width: int, neuron_of):
+        self._time_steps, self._lanes, self._nodes, self._width = time_steps, lanes, nodes, width
+        self._neuron_of = neuron_of
+        super().__init__({
+            "spike": In(lanes),
+            "step": In(data.ArrayLayout(bits_for(time_steps - 1), lanes)),
+            "node": In(bits_for(nodes - 1)),
+            "buf": In(1),
+            "filled": In(2),
+            "emit_buf": Out(1),
+            "window_out": Out(1),
+            "events": Out(event_signature(time_steps, width)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        T, K = self._time_steps, self._lanes
+        emitting = Signal()                       # a window is leaving
+        step = Signal(bits_for(T - 1))            # step being emitted
+        load = Signal()                           # load the lists of `load_step` this cycle
+        # The step the next load reads: a counter, one up per load, so that it
+        # is a register when `load` is decided late in the cycle (after a
+        # window's last load, step T-1, it wraps to 0: T is a power of two).
+        load_step = Signal(bits_for(T - 1))
+
+        lists = []
+        for k in range(K):
+            m.submodules[f"lists_{k}"] = lane = StepLists(T, self._nodes)
+            m.d.comb += [
+                lane.spike.eq(self.spike[k]), lane.step.eq(self.step[k]),
+                lane.beat.eq(self.node), lane.buf.eq(self.buf),
+                lane.load.eq(load), lane.load_step.eq(load_step), lane.emit_buf.eq(self.emit_buf),
+            ]
+            lists.append(lane)
+
+        # K-way merge: the smallest neuron index among the lanes' current nodes.
+        lane_index = []
+        for k, lane in enumerate(lists):
+            index = Signal(bits_for(self._width - 1), name=f"index_{k}")
+            m.d.comb += index.eq(self._neuron_of(k, lane.node))
+            lane_index.append(index)
+        any_active, smallest = smallest_index([(lane.active, index) for lane, index in zip(lists, lane_index)])
+
+        fire = Signal()
+        m.d.comb += [
+            self.events.valid.eq(emitting),
+            self.events.payload.step.eq(step),
+            self.events.payload.tick.eq(~any_active),
+            self.events.payload.neuron.eq(Mux(any_active, smallest, 0)),
+            fire.eq(self.events.valid & self.events.ready),
+        ]
+        for k, lane in enumerate(lists):
+            chosen = Const(1) if K == 1 else lane_index[k] == smallest
+            m.d.comb += lane.advance.eq(fire & lane.active & chosen)
+
+        # Emission: load step 0 once a filled buffer waits, then a step per tick.
+        with m.If(~emitting):
+            with m.If(self.filled.bit_select(self.emit_buf, 1)):
+                m.d.comb += load.eq(1)
+                m.d.sync += [emitting.eq(1), step.eq(0)]
+        with m.Elif(fire & ~any_active):
+            with m.If(step == T - 1):
+                m.d.comb += self.window_out.eq(1)
+                m.d.sync += [emitting.eq(0), self.emit_buf.eq(~self.emit_buf)]
+            with m.Else():
+                m.d.comb += load.eq(1)
+                m.d.sync += step.eq(step + 1)
+        with m.If(load):
+            m.d.sync += load_step.eq(load_step + 1)
+        return m
+
+
 class InputEncoder(wiring.Component):
     """Pixels in contract order to layer 0's spike window (canonical order plus T ticks).
 
@@ -448,62 +561,17 @@ class InputEncoder(wiring.Component):
         # appends are still in flight.
         full = [Signal(name=f"full_{buf}") for buf in range(2)]
         filled = [Signal(name=f"filled_{buf}") for buf in range(2)]
-        emit_buf = Signal()      # buffer the emitter reads
         m.d.comb += lookup.open.eq(~Mux(lookup.fill_buf, full[1], full[0]))
 
-        emitting = Signal()                       # a window is leaving
-        step = Signal(bits_for(T - 1))            # step being emitted
-        load = Signal()                           # load the lists of `load_step` this cycle
-        # The step the next load reads: a counter, one up per load, so that it
-        # is a register when `load` is decided late in the cycle (after a
-        # window's last load, step T-1, it wraps to 0: T is a power of two).
-        load_step = Signal(bits_for(T - 1))
-
-        lists = []
-        for k in range(K):
-            m.submodules[f"lists_{k}"] = lane = StepLists(T, self.beats)
-            m.d.comb += [
-                lane.spike.eq(append.spike[k]), lane.step.eq(append.step[k]),
-                lane.beat.eq(append.beat.index), lane.buf.eq(append.beat.buf),
-                lane.load.eq(load), lane.load_step.eq(load_step), lane.emit_buf.eq(emit_buf),
-            ]
-            lists.append(lane)
-
-        # K-way merge: the smallest pixel index among the lanes' current nodes.
-        lane_index = []
-        for k, lane in enumerate(lists):
-            index = Signal(bits_for(self.input_size - 1), name=f"index_{k}")
-            m.d.comb += index.eq(lane.node * K + k)
-            lane_index.append(index)
-        any_active, smallest = smallest_index([(lane.active, index) for lane, index in zip(lists, lane_index)])
-
-        fire = Signal()
+        m.submodules.emitter = emitter = SortedWindowEmitter(
+            T, K, self.beats, self.input_size, lambda k, node: node * K + k)
+        wiring.connect(m, emitter.events, wiring.flipped(self.events))
         m.d.comb += [
-            self.events.valid.eq(emitting),
-            self.events.payload.step.eq(step),
-            self.events.payload.tick.eq(~any_active),
-            self.events.payload.neuron.eq(Mux(any_active, smallest, 0)),
-            fire.eq(self.events.valid & self.events.ready),
+            emitter.spike.eq(append.spike), emitter.step.eq(append.step),
+            emitter.node.eq(append.beat.index), emitter.buf.eq(append.beat.buf),
+            emitter.filled.eq(Cat(*filled)),
         ]
-        for k, lane in enumerate(lists):
-            chosen = Const(1) if K == 1 else lane_index[k] == smallest
-            m.d.comb += lane.advance.eq(fire & lane.active & chosen)
-
-        # Emission: load step 0 once a filled buffer waits, then a step per tick.
-        window_out = Signal()
-        with m.If(~emitting):
-            with m.If(Mux(emit_buf, filled[1], filled[0])):
-                m.d.comb += load.eq(1)
-                m.d.sync += [emitting.eq(1), step.eq(0)]
-        with m.Elif(fire & ~any_active):
-            with m.If(step == T - 1):
-                m.d.comb += window_out.eq(1)
-                m.d.sync += [emitting.eq(0), emit_buf.eq(~emit_buf)]
-            with m.Else():
-                m.d.comb += load.eq(1)
-                m.d.sync += step.eq(step + 1)
-        with m.If(load):
-            m.d.sync += load_step.eq(load_step + 1)
+        emit_buf, window_out = emitter.emit_buf, emitter.window_out
 
         window_in = append.beat.valid & append.beat.last
         for buf in range(2):

@@ -29,7 +29,7 @@ from ttfs.contract.bundle import (
 )
 from ttfs.hw.errors import HardwareError
 from ttfs.hw.events import event_signature
-from ttfs.hw.rom import LaneGeometry, pack_biases, pack_weights
+from ttfs.hw.rom import LaneGeometry, lane_neurons, pack_biases, pack_weights
 from ttfs.hw.unused import mark_unused
 
 # Rows of one weight ROM bank: an ECP5 DP16KD's depth in its 2048 x 9 mode.
@@ -71,8 +71,10 @@ def checked_geometry(component, layer: Layer, time_steps: int, lanes: int, reado
 
 
 def slope_bits(layer: Layer) -> int:
-    """Signed width of a slope: any partial row sum of W lies in -sum(W<0)..sum(W>0)."""
+    """Signed width of a slope: any partial sum of a neuron's (an output channel's)
+    weights lies in -sum(W<0)..sum(W>0)."""
     weight = np.asarray(layer.weight, dtype=np.int64)
+    weight = weight.reshape(weight.shape[0], -1)
     highest = int(np.where(weight > 0, weight, 0).sum(axis=1).max())
     lowest = int(np.where(weight < 0, weight, 0).sum(axis=1).min())
     return signed_width(lowest, highest)
@@ -151,7 +153,7 @@ class LaneMemory:
 
 
 class WeightBanks(wiring.Component):
-    """A layer's weight ROM (:func:`ttfs.hw.rom.pack_weights`, ``inputs * G`` rows of P weights)
+    """A layer's weight ROM (:func:`ttfs.hw.rom.pack_weights`, ``J * G`` rows of P weights)
     in banks of ``WEIGHT_BANK_ROWS`` rows, read every cycle through registers.
 
     The ROM is dozens of block RAMs spread over the die, so nothing reaches
@@ -171,8 +173,9 @@ class WeightBanks(wiring.Component):
 
     Ports
     -----
-    row : In(range(inputs * G))
-        The row to read (word ``j * G + g`` = group g's weights for input j).
+    row : In(range(J * G))
+        The row to read (word ``j * G + g`` = group g's weights for input, or
+        conv2d kernel tap, j).
     data : Out(ArrayLayout(signed(weight_bits), P))
         The word of the row presented four cycles earlier (latency 4, one
         row per cycle).
@@ -180,7 +183,7 @@ class WeightBanks(wiring.Component):
 
     def __init__(self, layer: Layer, lanes: int):
         self._words = pack_weights(layer, lanes)
-        self._layout = data.ArrayLayout(signed(layer.weight_bits), LaneGeometry.of(layer.outputs, lanes).lanes)
+        self._layout = data.ArrayLayout(signed(layer.weight_bits), LaneGeometry.of(lane_neurons(layer), lanes).lanes)
         super().__init__({
             "row": In(range(len(self._words))),
             "data": Out(self._layout),

@@ -75,13 +75,26 @@ def ports_description(core) -> dict:
             "trace": core.has_trace,
             "time_steps": bundle.time_steps,
             "input_shape": [bundle.channels, bundle.height, bundle.width],
-            "layers": [{"name": layer.name, "inputs": layer.inputs, "outputs": layer.outputs,
-                        "readout": bool(layer.readout)} for layer in bundle.layers],
+            "layers": [layer_parameters(layer) for layer in bundle.layers],
             "beats_per_image": beats_per_image(bundle.input_size, core.pixels_per_beat),
         },
         "ports": ports,
         "payload_fields": payloads,
     }
+
+
+def layer_parameters(layer) -> dict:
+    """A layer as ports.json describes it: name, kind, sizes, readout; a conv2d layer's
+    shapes (input, before pooling, pooled), kernel, padding and pool too."""
+    described = {"name": layer.name, "kind": layer.kind, "inputs": layer.inputs, "outputs": layer.outputs,
+                 "readout": bool(layer.readout)}
+    if layer.is_conv:
+        described.update({
+            "input_shape": list(layer.input_shape), "conv_shape": list(layer.conv_shape),
+            "output_shape": list(layer.output_shape), "kernel_size": layer.kernel_size,
+            "padding": layer.padding, "pool_size": layer.pool_size, "bias_per": layer.bias_per,
+        })
+    return described
 
 
 def write_outputs(core, directory: Path) -> list[Path]:

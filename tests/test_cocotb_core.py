@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from ttfs.contract.bundle import Layer, load_bundle
 from ttfs.sim.golden import run as golden_run
-from ttfs.sim.random_bundle import random_bundle, random_images
+from ttfs.sim.random_bundle import random_bundle, random_conv_bundle, random_images
 from ttfs.sim.verify.flow import (
     SimulatorMissing,
     StimulusSettings,
@@ -90,6 +90,41 @@ def test_seeded_random_bundles_on_icarus(seed, tmp_path):
     run, scoreboard = simulate(bundle, f"random{seed}", images, tmp_path, "icarus", lanes, pixels_per_beat,
                                settings=StimulusSettings(seed=seed, input_gap=0.25, result_stall=0.25,
                                                          trace_stall=0.25, reset_mid_frame=False))
+    assert_exact(run, scoreboard)
+
+
+# (seed, simulator, reset in the middle of a frame): small version-2 bundles
+# (1-2 conv2d layers of 1-8 channels, k in {1, 3, 5}, 'same'/'valid', pools,
+# per-channel or per-position biases, then dense layers and the readout).
+CONV_RUNS = [(31, "icarus", False), (32, "icarus", True), (33, "verilator", True)]
+
+
+@pytest.mark.parametrize("seed, simulator, reset_mid_frame", CONV_RUNS)
+def test_seeded_random_conv_bundles(seed, simulator, reset_mid_frame, tmp_path):
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(1, 4)), int(rng.integers(3, 9)), int(rng.integers(3, 9)))
+    bundle = random_conv_bundle(rng, input_shape=shape, time_steps=int(rng.choice([2, 4, 8, 16])))
+    assert bundle.layers[0].is_conv
+    lanes = int(rng.choice([1, 2, 3, 8]))
+    images = random_images(rng, bundle, 6)
+    settings = StimulusSettings(seed=seed, input_gap=0.25, result_stall=0.25, trace_stall=0.25,
+                                reset_mid_frame=reset_mid_frame)
+    run, scoreboard = simulate(bundle, f"conv{seed}", images, tmp_path, simulator, lanes, 2, settings=settings)
+    assert_exact(run, scoreboard)
+
+
+@pytest.mark.slow
+def test_trained_mnist_vgg_on_10_images(tmp_path):
+    """The conv fixture (conv16 k3 pool2, conv32 k3 pool2, readout) on Verilator, with stalls
+    and the reset in the middle of a frame (the Verilator build alone takes minutes)."""
+    from ttfs.contract.datasets import load_dataset
+
+    images = load_dataset("mnist-sample", "test").images[:10]
+    bundle = load_bundle(FIXTURES / "mnist-vgg")
+    run, scoreboard = simulate(bundle, "mnist-vgg", images, tmp_path, "verilator", lanes=16,
+                               pixels_per_beat=8,
+                               settings=StimulusSettings(seed=7, input_gap=0.1, result_stall=0.1,
+                                                         trace_stall=0.1, reset_mid_frame=True))
     assert_exact(run, scoreboard)
 
 

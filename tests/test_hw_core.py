@@ -16,8 +16,9 @@ from amaranth.lib import stream
 from amaranth.sim import Simulator
 from streams import StreamSink, StreamSource, hold_reset, run_for, run_testbench, run_until
 from ttfs.cli import main as cli
-from ttfs.contract.bundle import load_bundle
+from ttfs.contract.bundle import load_bundle, save_bundle
 from ttfs.contract.streams import EventBeat, TraceSplitter, pixel_beats
+import ttfs.hw.core
 from ttfs.hw.core import NetworkCore
 from ttfs.hw.errors import HardwareError
 from ttfs.hw.register_slice import RegisterSlice
@@ -60,6 +61,19 @@ def test_core_random_bundles(seed):
     images = random_images(rng, bundle, 4)
     run = simulate_core(core, images, rng, gap=0.3, stall=0.3, trace_stall=0.3)
     assert_matches_golden(bundle, images, run)
+
+
+@pytest.mark.parametrize("seed, lanes", [(0, 2), (1, 8)])
+def test_core_random_conv_bundles(seed, lanes):
+    """Version-2 bundles (conv2d layers, then dense layers and the readout) through the
+    whole core, with input gaps and result and trace back-pressure."""
+    rng = np.random.default_rng(500 + seed)
+    bundle = random_conv_bundle(rng, input_shape=(int(rng.integers(1, 3)), 6, 5), time_steps=4)
+    core = NetworkCore(bundle, lanes, pixels_per_beat=2)
+    images = random_images(rng, bundle, 3)
+    run = simulate_core(core, images, rng, gap=0.3, stall=0.3, trace_stall=0.3)
+    assert_matches_golden(bundle, images, run)
+    assert any(layer.is_conv for layer in bundle.hidden_layers)
 
 
 @pytest.mark.parametrize("name", EDGE_FIXTURES)
@@ -279,14 +293,19 @@ def test_core_rejects_bad_parameters(kwargs, message):
         NetworkCore(bundle, **kwargs)
 
 
-def test_a_refused_core_leaves_no_unused_warning():
-    """A bundle the core refuses after building some blocks (a conv2d layer after the
-    encoder) raises its one error and leaves no "created but never used" warning."""
+def test_a_refused_core_leaves_no_unused_warning(monkeypatch):
+    """A core refused after building some blocks (here the readout refuses, after the
+    encoder and a conv engine) raises its one error and leaves no "created but never
+    used" warning."""
+    def refusing_readout(layer, time_steps, lanes):
+        raise HardwareError(f"layer {layer.name!r}: refused")
+
+    monkeypatch.setattr(ttfs.hw.core, "Readout", refusing_readout)
     # Amaranth warns about unused elaboratables only once anything has been elaborated.
     Fragment.get(RegisterSlice(stream.Signature(1)), None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with pytest.raises(HardwareError, match="kind 'conv2d' is not supported"):
+        with pytest.raises(HardwareError, match="refused"):
             NetworkCore(random_conv_bundle(1), 4)
         gc.collect()
     assert [str(w.message) for w in caught if issubclass(w.category, UnusedElaboratable)] == []
@@ -317,6 +336,18 @@ def test_cli_hw_verilog(tmp_path, bundle_dir, capsys):
     assert cli.main(["hw", "verilog", str(bundle_dir), "--lanes", "3", "--out", str(out)]) == 2
     assert "exists and is not an empty directory" in capsys.readouterr().err
     assert sorted(path.name for path in out.iterdir()) == names
+
+
+def test_cli_hw_verilog_on_a_conv_bundle(tmp_path):
+    bundle = random_conv_bundle(4, input_shape=(1, 5, 5), convs=[(3, 3, "same", 2)], dense=[2], time_steps=4)
+    bundle_path = save_bundle(bundle, tmp_path / "bundle")
+    out = tmp_path / "verilog"
+    assert cli.main(["hw", "verilog", str(bundle_path), "--lanes", "2", "--out", str(out)]) == 0
+    assert {"conv1.weight.p2.hex", "conv1.bias.p2.hex", "out.weight.p2.hex"} <= {p.name for p in out.iterdir()}
+    assert len((out / "conv1.weight.p2.hex").read_text().split()) == 1 * 9 * 2    # C*k*k*G words
+    conv = json.loads((out / "ports.json").read_text())["parameters"]["layers"][0]
+    assert conv["kind"] == "conv2d" and conv["output_shape"] == [3, 2, 2] and conv["conv_shape"] == [3, 5, 5]
+    assert "module ttfs_core(" in (out / "ttfs_core.v").read_text()
 
 
 def test_cli_hw_verilog_bad_lanes_writes_nothing(tmp_path, bundle_dir, capsys):

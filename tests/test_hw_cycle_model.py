@@ -8,7 +8,7 @@ from ttfs.hw.core import NetworkCore
 from ttfs.hw.cycle_model import predict_cycles
 from ttfs.hw.errors import HardwareError
 from ttfs.sim import golden
-from ttfs.sim.random_bundle import random_bundle, random_images
+from ttfs.sim.random_bundle import random_bundle, random_conv_bundle, random_images
 from ttfs.sim.verify.cycles import simulate_core
 
 # Bound of the model's error when layers need several lane groups (G > 1);
@@ -49,6 +49,20 @@ def test_model_within_bound_with_lane_groups(seed, lanes):
     measured, predicted = measured_and_predicted(bundle, lanes, 4, images)
     for m, p in zip(measured, predicted):
         assert abs(p - m) <= GROUPED_TOLERANCE * m, (measured, predicted)
+
+
+@pytest.mark.parametrize("seed, lanes", [(3, 8), (5, 2), (9, 2)])
+def test_model_exact_for_conv_layers(seed, lanes):
+    """Conv engines (one or two, G = 1 and G > 1) then the readout: exact cycle for cycle,
+    except the first image after reset, which may wait for the slope clearing pass."""
+    rng = np.random.default_rng(700 + seed)
+    shape = (int(rng.integers(1, 3)), int(rng.integers(3, 8)), int(rng.integers(3, 8)))
+    bundle = random_conv_bundle(rng, input_shape=shape, dense=[3] if seed % 2 else [4, 3],
+                                time_steps=int(rng.choice([2, 4, 8])))
+    images = random_images(rng, bundle, 3)
+    measured, predicted = measured_and_predicted(bundle, lanes, 2, images)
+    assert measured[1:] == predicted[1:]
+    assert measured[0] >= predicted[0]
 
 
 def test_fewer_input_spikes_take_fewer_cycles():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from ttfs.contract.errors import TTFSError
 from ttfs.sim.golden import run as golden_run
-from ttfs.sim.random_bundle import random_bundle, random_images
+from ttfs.sim.random_bundle import random_bundle, random_conv_bundle, random_images
 from ttfs.sim.verify.scoreboard import (
     HardwareResult,
     Scoreboard,
@@ -169,3 +169,20 @@ def test_golden_run_travels_through_an_npz_and_is_cut_per_image(case, tmp_path):
     alone = golden_images(golden, slice(3, 4))
     assert alone.classes.tolist() == [golden.classes[3]] and alone.neurons == golden.neurons
     assert [t.tolist() for t in alone.traces(0)] == [t.tolist() for t in golden.traces(3)]
+
+
+def test_a_conv_layer_divergence_names_channel_row_column_and_step():
+    bundle = random_conv_bundle(3, input_shape=(2, 6, 5), convs=[(3, 3, "same", 2)], dense=[4],
+                                time_steps=8, weight_bits=5, lut="default")
+    images = random_images(4, bundle, 3, zero_fraction=0.2)
+    golden = golden_run(bundle, images)
+    hardware = perfect(golden, 1)
+    trace = hardware.traces[1]
+    assert len(trace) > 1
+    step, neuron = (int(v) for v in trace[0])
+    hardware.traces[1] = trace[1:]                      # the first conv event goes missing
+    divergence = Scoreboard(bundle, golden).check(1, hardware)
+    channel, row, column = neuron // 6, neuron // 2 % 3, neuron % 2   # pooled map (3, 3, 2)
+    assert divergence.kind == "missing spike" and divergence.position == (channel, row, column)
+    assert (f"layer 1 (conv1), neuron {neuron} (channel {channel}, row {row}, column {column}), "
+            f"step {step}") in str(divergence)

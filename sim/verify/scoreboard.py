@@ -57,6 +57,9 @@ class Divergence:
     the number of spiking layers; ``neuron`` and ``step`` locate the event
     (``step`` is None for the readout); ``kind`` is one of "missing spike",
     "extra spike", "wrong step", "order", "logit", "class", "no result".
+    ``position`` is the neuron's (channel, row, column) when the layer's
+    events form a map (the encoder's image, a conv2d layer's pooled output),
+    else None.
     """
 
     image: int
@@ -67,11 +70,15 @@ class Divergence:
     step: int | None
     detail: str
     context: str = ""
+    position: tuple[int, int, int] | None = None
 
     def __str__(self) -> str:
         where = f"image {self.image}, layer {self.layer} ({self.layer_name})"
         if self.neuron is not None:
             where += f", neuron {self.neuron}"
+        if self.position is not None:
+            channel, row, column = self.position
+            where += f" (channel {channel}, row {row}, column {column})"
         if self.step is not None:
             where += f", step {self.step}"
         text = f"first divergence: {where}: {self.kind}: {self.detail}"
@@ -83,6 +90,22 @@ class Divergence:
 def layer_names(bundle: Bundle) -> list[str]:
     """Names of the compared layers: "input" (the encoder), every hidden layer, the readout."""
     return bundle.spiking_layer_names + [bundle.readout.name]
+
+
+def map_shapes(bundle: Bundle) -> list[tuple[int, int, int] | None]:
+    """Per spiking layer, the (C, H, W) map its events index (flattened c*H*W + y*W + x):
+    the image for the encoder, the pooled output for a conv2d layer; None for a dense layer."""
+    return [bundle.input_shape] + [layer.output_shape if layer.is_conv else None
+                                   for layer in bundle.hidden_layers]
+
+
+def map_position(shape: tuple[int, int, int] | None, neuron: int) -> tuple[int, int, int] | None:
+    """(channel, row, column) of flattened index ``neuron`` in a (C, H, W) map; None without a
+    map or outside it."""
+    if shape is None or not 0 <= neuron < shape[0] * shape[1] * shape[2]:
+        return None
+    _, height, width = shape
+    return (neuron // (height * width), neuron // width % height, neuron % width)
 
 
 def _as_events(trace, what: str) -> np.ndarray:
@@ -259,6 +282,7 @@ class Scoreboard:
     def __post_init__(self):
         self.names = layer_names(self.bundle)
         self.widths = self.bundle.spiking_widths
+        self.shapes = map_shapes(self.bundle)
 
     def check(self, image: int, hardware: HardwareResult) -> Divergence | None:
         """Compare image ``image``; return (and record) its first divergence, or None."""
@@ -279,7 +303,8 @@ class Scoreboard:
             found = first_trace_divergence(expected, got) if divergence is None else None
             if found is not None:
                 kind, neuron, step, detail, context = found
-                divergence = Divergence(image, layer, self.names[layer], kind, neuron, step, detail, context)
+                divergence = Divergence(image, layer, self.names[layer], kind, neuron, step, detail, context,
+                                        map_position(self.shapes[layer], neuron))
         readout = self._check_readout(image, hardware)
         if readout is not None:
             self.logit_mismatches += 1
