@@ -21,6 +21,8 @@ from ttfs.contract.bundle import (
 from ttfs.contract.errors import TTFSError
 from ttfs.sim.random_bundle import random_bundle
 
+from bundle_edits import delete_field, edit_array, edit_json, set_field
+
 
 def _arrays_equal(a: Bundle, b: Bundle) -> bool:
     if not np.array_equal(a.lut, b.lut):
@@ -178,51 +180,6 @@ def _trip():
     return 0
 
 
-def _edit_json(change):
-    def apply(path: Path) -> None:
-        document = json.loads((path / "network.json").read_text())
-        change(document)
-        (path / "network.json").write_text(json.dumps(document))
-
-    return apply
-
-
-def _edit_array(key, change):
-    def apply(path: Path) -> None:
-        with np.load(path / "params.npz", allow_pickle=False) as params:
-            arrays = {name: params[name] for name in params.files}
-        replacement = change(arrays[key]) if key in arrays else None
-        if replacement is None:
-            arrays.pop(key, None)
-        else:
-            arrays[key] = replacement
-        np.savez(path / "params.npz", **arrays)
-
-    return apply
-
-
-def _set(*keys_and_value):
-    *keys, value = keys_and_value
-
-    def change(document):
-        target = document
-        for key in keys[:-1]:
-            target = target[key]
-        target[keys[-1]] = value
-
-    return change
-
-
-def _delete(*keys):
-    def change(document):
-        target = document
-        for key in keys[:-1]:
-            target = target[key]
-        del target[keys[-1]]
-
-    return change
-
-
 def _write(name, data):
     def apply(path: Path) -> None:
         (path / name).write_bytes(data)
@@ -244,50 +201,50 @@ def _object_array(array):
 
 
 MALFORMED = {
-    "format": (_edit_json(_set("format", "ttfs")), "format"),
-    "version-3": (_edit_json(_set("version", 3)), "version"),
-    "version-string": (_edit_json(_set("version", "1")), "version"),
-    "missing-version": (_edit_json(_delete("version")), "version"),
-    "time-steps-not-power": (_edit_json(_set("time_steps", 12)), "time_steps"),
-    "time-steps-too-large": (_edit_json(_set("time_steps", 512)), "time_steps"),
-    "time-steps-one": (_edit_json(_set("time_steps", 1)), "time_steps"),
-    "time-steps-bool": (_edit_json(_set("time_steps", True)), "time_steps"),
-    "time-steps-float": (_edit_json(_set("time_steps", 8.0)), "time_steps"),
-    "input-not-object": (_edit_json(_set("input", [1, 4, 4])), "input"),
-    "input-height-zero": (_edit_json(_set("input", "height", 0)), "input.height"),
-    "input-lut-missing": (_edit_json(_delete("input", "lut")), "input.lut"),
-    "input-size-mismatch": (_edit_json(_set("input", "width", 5)), "layers[0].inputs"),
-    "layers-empty": (_edit_json(_set("layers", [])), "layers"),
-    "layer-not-object": (_edit_json(_set("layers", 0, "fc1")), "layers[0]"),
-    "inputs-chain": (_edit_json(_set("layers", 1, "inputs", 7)), "layers[1].inputs"),
-    "inputs-string": (_edit_json(_set("layers", 0, "inputs", "16")), "layers[0].inputs"),
-    "outputs-zero": (_edit_json(_set("layers", 0, "outputs", 0)), "layers[0].outputs"),
-    "no-readout": (_edit_json(_set("layers", 1, "readout", False)), "layers[1].readout"),
-    "two-readouts": (_edit_json(_set("layers", 0, "readout", True)), "layers[0].readout"),
-    "readout-string": (_edit_json(_set("layers", 1, "readout", "yes")), "layers[1].readout"),
-    "kind-conv": (_edit_json(_set("layers", 0, "kind", "conv2d")), "layers[0].kind"),
-    "weight-bits-17": (_edit_json(_set("layers", 0, "weight_bits", 17)), "layers[0].weight_bits"),
-    "weight-bits-1": (_edit_json(_set("layers", 1, "weight_bits", 1)), "layers[1].weight_bits"),
-    "ramp-shift-31": (_edit_json(_set("layers", 0, "ramp_shift", 31)), "layers[0].ramp_shift"),
-    "ramp-shift-negative": (_edit_json(_set("layers", 0, "ramp_shift", -1)), "layers[0].ramp_shift"),
-    "name-missing": (_edit_json(_delete("layers", 0, "name")), "layers[0].name"),
-    "name-duplicate": (_edit_json(_set("layers", 1, "name", "fc1")), "layers[1].name"),
-    "weight-name-number": (_edit_json(_set("layers", 0, "weight", 3)), "layers[0].weight"),
-    "classes-length": (_edit_json(_set("classes", ["a", "b"])), "classes"),
-    "classes-not-strings": (_edit_json(_set("classes", [0, 1, 2])), "classes"),
-    "meta-list": (_edit_json(_set("meta", [])), "meta"),
-    "weight-missing": (_edit_array("fc1.weight", lambda a: None), "fc1.weight"),
-    "weight-float": (_edit_array("fc1.weight", lambda a: a.astype(np.float64)), "layers[0].weight"),
-    "weight-transposed": (_edit_array("fc1.weight", lambda a: a.T.copy()), "layers[0].weight"),
-    "weight-out-of-range": (_edit_array("out.weight", lambda a: np.full(a.shape, 32, dtype=np.int64)), "layers[1].weight"),
-    "bias-bool": (_edit_array("fc1.bias", lambda a: a > 0), "layers[0].bias"),
-    "bias-object": (_edit_array("fc1.bias", _object_array), "layers[0].bias"),
-    "bias-2d": (_edit_array("out.bias", lambda a: a[None, :]), "layers[1].bias"),
-    "bias-huge": (_edit_array("fc1.bias", lambda a: np.full(a.shape, 2**60, dtype=np.int64)), "layers[0].bias"),
-    "bound-over-48-bits": (_edit_array("fc1.bias", lambda a: np.full(a.shape, 2**47 - 1, dtype=np.int64)), "layers[0]: potential bound"),
-    "lut-above-t": (_edit_array("input.lut", lambda a: np.full(a.shape, 9, dtype=np.int64)), "input.lut"),
-    "lut-negative": (_edit_array("input.lut", lambda a: a.astype(np.int64) - 1), "input.lut"),
-    "lut-short": (_edit_array("input.lut", lambda a: a[:, :255]), "input.lut"),
+    "format": (edit_json(set_field("format", "ttfs")), "format"),
+    "version-3": (edit_json(set_field("version", 3)), "version"),
+    "version-string": (edit_json(set_field("version", "1")), "version"),
+    "missing-version": (edit_json(delete_field("version")), "version"),
+    "time-steps-not-power": (edit_json(set_field("time_steps", 12)), "time_steps"),
+    "time-steps-too-large": (edit_json(set_field("time_steps", 512)), "time_steps"),
+    "time-steps-one": (edit_json(set_field("time_steps", 1)), "time_steps"),
+    "time-steps-bool": (edit_json(set_field("time_steps", True)), "time_steps"),
+    "time-steps-float": (edit_json(set_field("time_steps", 8.0)), "time_steps"),
+    "input-not-object": (edit_json(set_field("input", [1, 4, 4])), "input"),
+    "input-height-zero": (edit_json(set_field("input", "height", 0)), "input.height"),
+    "input-lut-missing": (edit_json(delete_field("input", "lut")), "input.lut"),
+    "input-size-mismatch": (edit_json(set_field("input", "width", 5)), "layers[0].inputs"),
+    "layers-empty": (edit_json(set_field("layers", [])), "layers"),
+    "layer-not-object": (edit_json(set_field("layers", 0, "fc1")), "layers[0]"),
+    "inputs-chain": (edit_json(set_field("layers", 1, "inputs", 7)), "layers[1].inputs"),
+    "inputs-string": (edit_json(set_field("layers", 0, "inputs", "16")), "layers[0].inputs"),
+    "outputs-zero": (edit_json(set_field("layers", 0, "outputs", 0)), "layers[0].outputs"),
+    "no-readout": (edit_json(set_field("layers", 1, "readout", False)), "layers[1].readout"),
+    "two-readouts": (edit_json(set_field("layers", 0, "readout", True)), "layers[0].readout"),
+    "readout-string": (edit_json(set_field("layers", 1, "readout", "yes")), "layers[1].readout"),
+    "kind-conv": (edit_json(set_field("layers", 0, "kind", "conv2d")), "layers[0].kind"),
+    "weight-bits-17": (edit_json(set_field("layers", 0, "weight_bits", 17)), "layers[0].weight_bits"),
+    "weight-bits-1": (edit_json(set_field("layers", 1, "weight_bits", 1)), "layers[1].weight_bits"),
+    "ramp-shift-31": (edit_json(set_field("layers", 0, "ramp_shift", 31)), "layers[0].ramp_shift"),
+    "ramp-shift-negative": (edit_json(set_field("layers", 0, "ramp_shift", -1)), "layers[0].ramp_shift"),
+    "name-missing": (edit_json(delete_field("layers", 0, "name")), "layers[0].name"),
+    "name-duplicate": (edit_json(set_field("layers", 1, "name", "fc1")), "layers[1].name"),
+    "weight-name-number": (edit_json(set_field("layers", 0, "weight", 3)), "layers[0].weight"),
+    "classes-length": (edit_json(set_field("classes", ["a", "b"])), "classes"),
+    "classes-not-strings": (edit_json(set_field("classes", [0, 1, 2])), "classes"),
+    "meta-list": (edit_json(set_field("meta", [])), "meta"),
+    "weight-missing": (edit_array("fc1.weight", lambda a: None), "fc1.weight"),
+    "weight-float": (edit_array("fc1.weight", lambda a: a.astype(np.float64)), "layers[0].weight"),
+    "weight-transposed": (edit_array("fc1.weight", lambda a: a.T.copy()), "layers[0].weight"),
+    "weight-out-of-range": (edit_array("out.weight", lambda a: np.full(a.shape, 32, dtype=np.int64)), "layers[1].weight"),
+    "bias-bool": (edit_array("fc1.bias", lambda a: a > 0), "layers[0].bias"),
+    "bias-object": (edit_array("fc1.bias", _object_array), "layers[0].bias"),
+    "bias-2d": (edit_array("out.bias", lambda a: a[None, :]), "layers[1].bias"),
+    "bias-huge": (edit_array("fc1.bias", lambda a: np.full(a.shape, 2**60, dtype=np.int64)), "layers[0].bias"),
+    "bound-over-48-bits": (edit_array("fc1.bias", lambda a: np.full(a.shape, 2**47 - 1, dtype=np.int64)), "layers[0]: potential bound"),
+    "lut-above-t": (edit_array("input.lut", lambda a: np.full(a.shape, 9, dtype=np.int64)), "input.lut"),
+    "lut-negative": (edit_array("input.lut", lambda a: a.astype(np.int64) - 1), "input.lut"),
+    "lut-short": (edit_array("input.lut", lambda a: a[:, :255]), "input.lut"),
     "json-invalid": (_write("network.json", b"{ not json"), "network.json"),
     "json-array": (_write("network.json", b"[1, 2]"), "network.json"),
     "json-missing": (_remove("network.json"), "network.json"),
@@ -328,7 +285,7 @@ def test_truncated_npz_member_is_rejected(bundle_dir):
 
 
 def test_unknown_fields_and_files_are_ignored(bundle_dir, small_bundle):
-    _edit_json(_set("meta", {"note": "free-form", "nested": [1, 2]}))(bundle_dir)
+    edit_json(set_field("meta", {"note": "free-form", "nested": [1, 2]}))(bundle_dir)
     (bundle_dir / "rom.hex").write_text("00\n")
     with zipfile.ZipFile(bundle_dir / "params.npz") as archive:
         assert "input.lut.npy" in archive.namelist()

@@ -14,7 +14,6 @@ from ttfs.cli.main import main
 from ttfs.contract.bundle import (
     Bundle,
     BundleError,
-    Layer,
     bundle_fingerprint,
     check_name,
     conv2d_layer,
@@ -28,7 +27,7 @@ from ttfs.contract.bundle import (
 from ttfs.sim.golden import run
 from ttfs.sim.random_bundle import random_conv_bundle, random_images
 
-from test_bundle import _delete, _edit_array, _edit_json, _set  # the shared bundle editors
+from bundle_edits import delete_field, edit_array, edit_json, set_field
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = REPO_ROOT / "fixtures" / "bundles"
@@ -172,40 +171,40 @@ def _conv_after_dense(document):
 
 
 MALFORMED_V2 = {
-    "kernel-even": (_edit_json(_set("layers", 0, "kernel_size", 4)), "layers[0].kernel_size"),
-    "kernel-9": (_edit_json(_set("layers", 0, "kernel_size", 9)), "layers[0].kernel_size"),
-    "kernel-zero": (_edit_json(_set("layers", 0, "kernel_size", 0)), "layers[0].kernel_size"),
-    "kernel-string": (_edit_json(_set("layers", 0, "kernel_size", "3")), "layers[0].kernel_size"),
-    "kernel-too-big-for-valid": (_edit_json(_set("layers", 1, "kernel_size", 5)), "layers[1].kernel_size"),
-    "pool-5": (_edit_json(_set("layers", 0, "pool_size", 5)), "layers[0].pool_size"),
-    "pool-zero": (_edit_json(_set("layers", 0, "pool_size", 0)), "layers[0].pool_size"),
-    "pool-larger-than-output": (_edit_json(_set("layers", 1, "pool_size", 3)), "layers[1].pool_size"),
-    "pool-missing": (_edit_json(_delete("layers", 0, "pool_size")), "layers[0].pool_size"),
-    "padding-full": (_edit_json(_set("layers", 0, "padding", "full")), "layers[0].padding"),
-    "padding-number": (_edit_json(_set("layers", 0, "padding", 1)), "layers[0].padding"),
-    "padding-missing": (_edit_json(_delete("layers", 1, "padding")), "layers[1].padding"),
-    "out-channels-zero": (_edit_json(_set("layers", 0, "out_channels", 0)), "layers[0].out_channels"),
-    "input-shape-not-previous": (_edit_json(_set("layers", 1, "input_shape", [4, 2, 8])), "layers[1].input_shape"),
-    "input-shape-not-image": (_edit_json(_set("layers", 0, "input_shape", [1, 16, 8])), "layers[0].input_shape"),
-    "input-shape-two-values": (_edit_json(_set("layers", 0, "input_shape", [8, 16])), "layers[0].input_shape"),
-    "input-shape-bool": (_edit_json(_set("layers", 0, "input_shape", [True, 8, 16])), "layers[0].input_shape"),
-    "output-shape-unpooled": (_edit_json(_set("layers", 0, "output_shape", [4, 8, 8])), "layers[0].output_shape"),
-    "output-shape-missing": (_edit_json(_delete("layers", 1, "output_shape")), "layers[1].output_shape"),
-    "outputs-not-pooled": (_edit_json(_set("layers", 0, "outputs", 256)), "layers[0].outputs"),
-    "dense-inputs-after-conv": (_edit_json(_set("layers", 2, "inputs", 13)), "layers[2].inputs"),
-    "conv-readout": (_edit_json(_conv_readout), "layers[1].kind"),
-    "conv-after-dense": (_edit_json(_conv_after_dense), "layers[3].kind"),
-    "conv-in-version-1": (_edit_json(_set("version", 1)), "layers[0].kind"),
-    "kind-unknown": (_edit_json(_set("layers", 1, "kind", "maxpool")), "layers[1].kind"),
-    "bias-per-pixel": (_edit_json(_set("layers", 0, "bias_per", "pixel")), "layers[0].bias_per"),
-    "bias-per-missing": (_edit_json(_delete("layers", 0, "bias_per")), "layers[0].bias_per"),
-    "bias-per-says-channel": (_edit_json(_set("layers", 0, "bias_per", "channel")), "layers[0].bias"),
-    "bias-per-says-position": (_edit_json(_set("layers", 1, "bias_per", "position")), "layers[1].bias"),
-    "bias-pooled-shape": (_edit_array("conv1.bias", lambda a: a[:, ::2, ::2].copy()), "layers[0].bias"),
-    "weight-not-square": (_edit_array("conv1.weight", lambda a: a[:, :, :, :2].copy()), "layers[0].weight"),
-    "weight-channels-swapped": (_edit_array("conv1.weight", lambda a: a.transpose(1, 0, 2, 3).copy()), "layers[0].weight"),
-    "weight-out-of-range": (_edit_array("conv2.weight", lambda a: np.full(a.shape, 16, dtype=np.int64)), "layers[1].weight"),
-    "bias-over-48-bits": (_edit_array("conv1.bias", lambda a: np.full(a.shape, 2**47 - 1, dtype=np.int64)), "layers[0]: potential bound"),
+    "kernel-even": (edit_json(set_field("layers", 0, "kernel_size", 4)), "layers[0].kernel_size"),
+    "kernel-9": (edit_json(set_field("layers", 0, "kernel_size", 9)), "layers[0].kernel_size"),
+    "kernel-zero": (edit_json(set_field("layers", 0, "kernel_size", 0)), "layers[0].kernel_size"),
+    "kernel-string": (edit_json(set_field("layers", 0, "kernel_size", "3")), "layers[0].kernel_size"),
+    "kernel-too-big-for-valid": (edit_json(set_field("layers", 1, "kernel_size", 5)), "layers[1].kernel_size"),
+    "pool-5": (edit_json(set_field("layers", 0, "pool_size", 5)), "layers[0].pool_size"),
+    "pool-zero": (edit_json(set_field("layers", 0, "pool_size", 0)), "layers[0].pool_size"),
+    "pool-larger-than-output": (edit_json(set_field("layers", 1, "pool_size", 3)), "layers[1].pool_size"),
+    "pool-missing": (edit_json(delete_field("layers", 0, "pool_size")), "layers[0].pool_size"),
+    "padding-full": (edit_json(set_field("layers", 0, "padding", "full")), "layers[0].padding"),
+    "padding-number": (edit_json(set_field("layers", 0, "padding", 1)), "layers[0].padding"),
+    "padding-missing": (edit_json(delete_field("layers", 1, "padding")), "layers[1].padding"),
+    "out-channels-zero": (edit_json(set_field("layers", 0, "out_channels", 0)), "layers[0].out_channels"),
+    "input-shape-not-previous": (edit_json(set_field("layers", 1, "input_shape", [4, 2, 8])), "layers[1].input_shape"),
+    "input-shape-not-image": (edit_json(set_field("layers", 0, "input_shape", [1, 16, 8])), "layers[0].input_shape"),
+    "input-shape-two-values": (edit_json(set_field("layers", 0, "input_shape", [8, 16])), "layers[0].input_shape"),
+    "input-shape-bool": (edit_json(set_field("layers", 0, "input_shape", [True, 8, 16])), "layers[0].input_shape"),
+    "output-shape-unpooled": (edit_json(set_field("layers", 0, "output_shape", [4, 8, 8])), "layers[0].output_shape"),
+    "output-shape-missing": (edit_json(delete_field("layers", 1, "output_shape")), "layers[1].output_shape"),
+    "outputs-not-pooled": (edit_json(set_field("layers", 0, "outputs", 256)), "layers[0].outputs"),
+    "dense-inputs-after-conv": (edit_json(set_field("layers", 2, "inputs", 13)), "layers[2].inputs"),
+    "conv-readout": (edit_json(_conv_readout), "layers[1].kind"),
+    "conv-after-dense": (edit_json(_conv_after_dense), "layers[3].kind"),
+    "conv-in-version-1": (edit_json(set_field("version", 1)), "layers[0].kind"),
+    "kind-unknown": (edit_json(set_field("layers", 1, "kind", "maxpool")), "layers[1].kind"),
+    "bias-per-pixel": (edit_json(set_field("layers", 0, "bias_per", "pixel")), "layers[0].bias_per"),
+    "bias-per-missing": (edit_json(delete_field("layers", 0, "bias_per")), "layers[0].bias_per"),
+    "bias-per-says-channel": (edit_json(set_field("layers", 0, "bias_per", "channel")), "layers[0].bias"),
+    "bias-per-says-position": (edit_json(set_field("layers", 1, "bias_per", "position")), "layers[1].bias"),
+    "bias-pooled-shape": (edit_array("conv1.bias", lambda a: a[:, ::2, ::2].copy()), "layers[0].bias"),
+    "weight-not-square": (edit_array("conv1.weight", lambda a: a[:, :, :, :2].copy()), "layers[0].weight"),
+    "weight-channels-swapped": (edit_array("conv1.weight", lambda a: a.transpose(1, 0, 2, 3).copy()), "layers[0].weight"),
+    "weight-out-of-range": (edit_array("conv2.weight", lambda a: np.full(a.shape, 16, dtype=np.int64)), "layers[1].weight"),
+    "bias-over-48-bits": (edit_array("conv1.bias", lambda a: np.full(a.shape, 2**47 - 1, dtype=np.int64)), "layers[0]: potential bound"),
 }
 
 
@@ -282,7 +281,7 @@ def test_names_are_strings(value):
     ("input.lut", ("input", "lut")),
 ])
 def test_loading_enforces_the_name_rule(bundle_dir, name, where, keys):
-    _edit_json(_set(*keys, name))(bundle_dir)
+    edit_json(set_field(*keys, name))(bundle_dir)
     with pytest.raises(BundleError) as caught:
         load_bundle(bundle_dir)
     message = str(caught.value)
@@ -295,7 +294,7 @@ def test_loading_accepts_a_64_character_array_name(bundle_dir):
         arrays = {key: params[key] for key in params.files}
     arrays[name] = arrays.pop("fc1.weight")
     np.savez(bundle_dir / "params.npz", **arrays)
-    _edit_json(_set("layers", 0, "weight", name))(bundle_dir)
+    edit_json(set_field("layers", 0, "weight", name))(bundle_dir)
     assert load_bundle(bundle_dir).layers[0].weight.shape == (6, 16)
 
 

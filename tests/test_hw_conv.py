@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 from streams import event_beats, simulate, simulate_with_reset
-from test_golden_conv import WORKED_IMAGE, conv_worked_example
+from worked_examples import WORKED_IMAGE, conv_worked_example
 from ttfs.contract.streams import split_windows, window_beats
 from ttfs.hw.conv import ConvEngine, ConvShape, input_table
 from ttfs.hw.errors import HardwareError
