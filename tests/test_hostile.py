@@ -101,26 +101,41 @@ def assert_ok_or_refused(status: int, err: str) -> None:
         assert_clean_refusal(status, err)
 
 
+# The child reports its own peak: VmHWM of its address space after exec.  The
+# rusage that wait4 returns would not do: Linux carries the forking pytest
+# worker's resident size (torch and all) over into the child's ru_maxrss.
+MEASURED_CHILD = """
+import sys
+from ttfs.cli.main import main
+try:
+    status = main(sys.argv[2:])
+finally:
+    with open("/proc/self/status") as status_file:
+        peak = next(line.split()[1] for line in status_file if line.startswith("VmHWM:"))
+    with open(sys.argv[1], "w") as peak_file:
+        peak_file.write(peak)
+sys.exit(status)
+"""
+
+
 def run_subprocess(argv: list[str], cwd: Path, timeout: float = 120) -> tuple[int, str, int]:
     """(status, stderr, peak resident bytes) of ``ttfs argv`` in a child process."""
-    stderr_path = cwd / ".stderr"
+    stderr_path, peak_path = cwd / ".stderr", cwd / ".peak"
     with open(stderr_path, "wb") as stderr, open(os.devnull, "wb") as stdout:
-        child = subprocess.Popen([sys.executable, "-m", "ttfs.cli.main", *argv], cwd=cwd, stdout=stdout,
-                                 stderr=stderr)
-        deadline = time.monotonic() + timeout
-        while True:
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                child.kill()
-                child.wait()
-                pytest.fail(f"ttfs {' '.join(argv)} ran over {timeout} s")
-            time.sleep(0.05)
-    child.returncode = os.waitstatus_to_exitcode(status)
+        child = subprocess.Popen([sys.executable, "-c", MEASURED_CHILD, str(peak_path), *argv], cwd=cwd,
+                                 stdout=stdout, stderr=stderr)
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+            pytest.fail(f"ttfs {' '.join(argv)} ran over {timeout} s")
     err = stderr_path.read_text()
     stderr_path.unlink()
-    return child.returncode, err, usage.ru_maxrss * 1024
+    assert peak_path.exists(), f"ttfs {' '.join(argv)} died before reporting its memory: {err}"
+    peak = int(peak_path.read_text()) * 1024
+    peak_path.unlink()
+    return child.returncode, err, peak
 
 
 @pytest.fixture
